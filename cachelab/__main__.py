@@ -1,0 +1,5 @@
+"""``python -m cachelab``."""
+
+from cachelab.cli import main
+
+main()

@@ -1,0 +1,374 @@
+"""The cachelab command line: parse, call the core, render, map errors to exit codes.
+
+No caching logic lives here; the commands for each exercise are generated from the
+exercise registry, their options from each exercise's ``run`` signature.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import signal
+import sys
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from typer.core import TyperGroup
+
+from cachelab import __version__
+from cachelab.errors import CachelabError, ExitCode, RedisServerNotFound, StoreError
+from cachelab.registry import Exercise, exercises, resolve
+
+
+def _err(message: str) -> None:
+    """One line on stderr; stdout stays clean for --json."""
+    typer.echo(message, err=True)
+
+
+@contextmanager
+def _reported(debug: bool = False) -> Iterator[None]:
+    """Turn cachelab's errors and Ctrl-C into one line on stderr and the exit code."""
+    try:
+        yield
+    except CachelabError as exc:
+        if debug:
+            traceback.print_exc()
+        _err(f"Error: {exc}")
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        _err("Interrupted: every server this run started has been stopped.")
+        raise typer.Exit(ExitCode.INTERRUPTED) from None
+
+
+class _ExerciseGroup(TyperGroup):
+    """``cachelab run`` resolves ``11``, ``exercise-011`` and slugs to the exercise's command."""
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        command = super().get_command(ctx, cmd_name)
+        if command is not None:
+            return command
+        with _reported():
+            return super().get_command(ctx, resolve(cmd_name).info.id)
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        return [e.info.id for e in exercises()] + ["all"]
+
+
+app = typer.Typer(
+    help="A hands-on lab for caching strategies on real Redis and SQLite.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+run_app = typer.Typer(cls=_ExerciseGroup, no_args_is_help=True,
+                      help="Run an exercise (or all of them) and print what it measured.")
+app.add_typer(run_app, name="run")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"cachelab {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Show the version and exit.")] = False,
+) -> None:
+    """cachelab: twenty caching exercises on real Redis and SQLite, measured."""
+
+
+# ---------------------------------------------------------------- list and show
+
+
+@app.command("list")
+def list_exercises(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List the exercises: id, slug, title, concept and fixtures.
+
+    Example: cachelab list --json
+    """
+    rows = [{"id": e.info.id, "slug": e.info.slug, "title": e.info.title,
+             "concept": e.info.concept, "fixtures": list(e.info.fixtures)} for e in exercises()]
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(box=None, header_style="bold")
+    for column in ("id", "slug", "title", "concept", "fixtures"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(row["id"], row["slug"], row["title"], row["concept"],
+                      ", ".join(row["fixtures"]))
+    Console().print(table)
+
+
+@app.command()
+def show(exercise: Annotated[str, typer.Argument(help="exercise-1, 1, or a slug")]) -> None:
+    """Explain an exercise: scenario, concept, walkthrough, options and checks.
+
+    Example: cachelab show lazy-caching
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    with _reported():
+        ex = resolve(exercise)
+    info, console = ex.info, Console()
+    console.print(f"[bold cyan]{info.id}[/] [bold]{info.title}[/]  ({info.slug})")
+    console.print(f"[bold]Concept:[/] {info.concept}\n")
+    console.print(info.scenario + "\n")
+    console.print("[bold]Walkthrough[/]")
+    for i, step in enumerate(info.walkthrough, 1):
+        console.print(f"  {i}. {step}")
+    options = Table(title="Options", title_justify="left", box=None, header_style="bold")
+    for column in ("option", "type", "default", "help"):
+        options.add_column(column)
+    for opt in ex.options:
+        kind = "|".join(map(str, opt.choices)) if opt.choices else opt.type.__name__
+        options.add_row(opt.flag, kind, str(opt.default), opt.help)
+    console.print()
+    console.print(options)
+    console.print("\n[bold]Checks[/]")
+    for name in info.checks:
+        console.print(f"  • {name}")
+    console.print(f"\nFixtures: {', '.join(info.fixtures)}")
+    console.print(f"Run it: cachelab run {info.id}   (options: cachelab run {info.id} --help)")
+
+
+# ---------------------------------------------------------------- run
+
+class _Common:
+    """The options every ``run`` command shares."""
+
+    PARAMS = [
+        ("as_json", bool, typer.Option(False, "--json",
+                                       help="Print the result as one JSON object.")),
+        ("markdown", bool, typer.Option(False, "--markdown", help="Print Markdown.")),
+        ("seed", int, typer.Option(42, help="Seed of every workload and of the shop data.")),
+        ("db_latency_ms", float, typer.Option(1.0, min=0, max=1000,
+                                              help="Modelled network round trip per query.")),
+        ("scale", float, typer.Option(1.0, min=0.01, max=100,
+                                      help="Size of the shop database (1.0: 1000 users).")),
+        ("redis_server", str | None, typer.Option(None, help="redis-server binary to run.")),
+        ("results", Path | None, typer.Option(None, help="Results store file.")),
+        ("no_save", bool, typer.Option(False, "--no-save", help="Do not save the run.")),
+        ("debug", bool, typer.Option(False, "--debug", help="Show tracebacks.")),
+    ]
+    NAMES = {name for name, _, _ in PARAMS}
+
+    def __init__(self, values: dict[str, Any]) -> None:
+        from cachelab.lab import LabSettings
+
+        self.as_json: bool = values["as_json"]
+        self.markdown: bool = values["markdown"]
+        self.no_save: bool = values["no_save"]
+        self.debug: bool = values["debug"]
+        self.results: Path | None = values["results"]
+        self.settings = LabSettings(seed=values["seed"], db_latency_ms=values["db_latency_ms"],
+                                    scale=values["scale"], redis_server=values["redis_server"])
+
+    @classmethod
+    def split(cls, kwargs: dict[str, Any]) -> tuple[_Common, dict[str, Any]]:
+        common = {k: kwargs.pop(k) for k in list(kwargs) if k in cls.NAMES}
+        return cls(common), kwargs
+
+    @classmethod
+    def parameters(cls) -> list[inspect.Parameter]:
+        return [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default,
+                                  annotation=kind) for name, kind, default in cls.PARAMS]
+
+
+def _progress_factory(common: _Common) -> Any:
+    """A rich progress bar on a terminal; nothing on a pipe or with --json."""
+    if common.as_json or common.markdown or not sys.stdout.isatty():
+        return None
+    from rich.progress import Progress
+
+    @contextmanager
+    def progress(description: str, total: int | None) -> Iterator[Callable[[], None]]:
+        with Progress(transient=True) as bar:
+            task = bar.add_task(description, total=total)
+            yield lambda: bar.advance(task)
+
+    return progress
+
+
+def _save(common: _Common, records: list[dict[str, Any]]) -> None:
+    if common.no_save:
+        return
+    from cachelab.store import ResultsStore
+
+    store = ResultsStore(common.results)
+    for record in records:
+        try:
+            store.save(record)
+        except StoreError as exc:
+            _err(f"Warning: run {record['run_id']} was not saved: {exc} "
+                 "(use --results PATH or --no-save)")
+
+
+def _print(common: _Common, record: dict[str, Any]) -> None:
+    if common.markdown:
+        from cachelab.render import to_markdown
+
+        typer.echo(to_markdown(record))
+    elif not common.as_json:
+        from rich.console import Console
+
+        from cachelab.render import print_record
+
+        print_record(Console(), record)
+
+
+def _run_one(exercise: Exercise, common: _Common, given: dict[str, Any]) -> dict[str, Any]:
+    from cachelab.runner import run_exercise
+
+    record = run_exercise(exercise, given, common.settings,
+                          progress=_progress_factory(common)).to_dict()
+    _print(common, record)
+    return record
+
+
+def _exercise_command(exercise: Exercise) -> Callable[..., None]:
+    """A Typer command whose options are the exercise's own plus the common ones."""
+
+    def command(**kwargs: Any) -> None:
+        common, given = _Common.split(kwargs)
+        with _reported(common.debug):
+            record = _run_one(exercise, common, given)
+        if common.as_json:
+            typer.echo(json.dumps(record))
+        _save(common, [record])
+        raise typer.Exit(ExitCode.OK if record["verdict"] == "pass" else ExitCode.CHECK_FAILED)
+
+    own = []
+    for opt in exercise.options:
+        if opt.name in _Common.NAMES:
+            raise CachelabError(f"{exercise.module.__file__}: option {opt.flag} clashes with "
+                                "a common option of 'cachelab run'; rename it")
+        own.append(inspect.Parameter(
+            opt.name, inspect.Parameter.KEYWORD_ONLY, annotation=opt.type,
+            default=typer.Option(opt.default, opt.flag, help=opt.help, min=opt.min,
+                                 max=opt.max, rich_help_panel="Exercise options")))
+    command.__signature__ = inspect.Signature(own + _Common.parameters())  # type: ignore[attr-defined]
+    info = exercise.info
+    command.__doc__ = (f"{info.title}. {info.concept}.\n\n{info.scenario}\n\n"
+                       f"Example: cachelab run {info.id} --json")
+    return command
+
+
+for _exercise in exercises():
+    run_app.command(_exercise.info.id, help=None)(_exercise_command(_exercise))
+
+
+def _run_all(**kwargs: Any) -> None:
+    """Run every exercise with its defaults, one after another, then a summary.
+
+    Goes on after a failed check. Example: cachelab run all --json
+    """
+    common, _ = _Common.split(kwargs)
+    records: list[dict[str, Any]] = []
+    headlines: list[str] = []
+    code = ExitCode.OK
+    for exercise in exercises():
+        try:
+            with _reported(common.debug):
+                records.append(_run_one(exercise, common, {}))
+                headlines.append(exercise.info.headline)
+        except typer.Exit as stop:
+            # Without a redis-server nothing else can run either.
+            if stop.exit_code == ExitCode.INTERRUPTED or isinstance(
+                    sys.exc_info()[1].__context__, RedisServerNotFound):  # type: ignore[union-attr]
+                raise
+            code = ExitCode.ENVIRONMENT
+        if records and records[-1]["verdict"] != "pass" and code == ExitCode.OK:
+            code = ExitCode.CHECK_FAILED
+    if common.as_json:
+        typer.echo(json.dumps(records))
+    elif not common.markdown:
+        from rich.console import Console
+
+        from cachelab.render import summary_table
+
+        Console().print(summary_table(records, headlines))
+    _save(common, records)
+    raise typer.Exit(code)
+
+
+_run_all.__signature__ = inspect.Signature(_Common.parameters())  # type: ignore[attr-defined]
+run_app.command("all")(_run_all)
+
+
+# ---------------------------------------------------------------- doctor
+
+
+def _docker_answers() -> str:
+    """Ping the Docker engine's socket; a one-line answer either way."""
+    import socket
+
+    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    if not host.startswith("unix://"):
+        return f"not checked ({host} is not a local socket)"
+    path = host.removeprefix("unix://")
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(1.0)
+            sock.connect(path)
+            sock.sendall(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
+            reply = sock.recv(256).decode(errors="replace")
+    except OSError:
+        return f"no engine answers at {path}"
+    return "an engine answers" if " 200 " in reply.split("\r\n", 1)[0] else f"odd reply at {path}"
+
+
+@app.command()
+def doctor(
+    redis_server: Annotated[str | None, typer.Option(help="redis-server binary to check.")] = None,
+    results: Annotated[Path | None, typer.Option(help="Results store file.")] = None,
+) -> None:
+    """Show what cachelab would run on: Python, redis-server, results store, Docker.
+
+    Exits 3 when no usable redis-server is found. Example: cachelab doctor
+    """
+    import platform
+
+    from cachelab.fixtures.redis_binary import find_redis_server
+    from cachelab.store import default_store_path
+
+    rows = [("cachelab", __version__),
+            ("python", f"{platform.python_version()} ({sys.executable})")]
+    problem: CachelabError | None = None
+    try:
+        binary = find_redis_server(redis_server)
+        rows.append(("redis-server", f"{binary.version} at {binary.path} ({binary.source})"))
+    except CachelabError as exc:
+        problem = exc
+        rows.append(("redis-server", "none usable"))
+    rows.append(("results store", str(results or default_store_path())))
+    rows.append(("docker", _docker_answers()))
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        typer.echo(f"{name:<{width}}  {value}")
+    if problem is not None:
+        _err(f"Error: {problem}")
+        raise typer.Exit(problem.exit_code)
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def main() -> None:
+    """Console-script entry point: SIGTERM tears down like Ctrl-C does."""
+    signal.signal(signal.SIGTERM, _terminate)
+    app()

@@ -1,0 +1,107 @@
+"""The exercise contract: what an exercise declares and the Result it returns.
+
+An exercise is one module under ``exercises/`` with a docstring, an ``INFO``
+(:class:`ExerciseInfo`) and a ``run(lab, *, option=default, ...)`` function whose
+keyword parameters are its options. ``Annotated[int, Opt(min=1)]`` adds help text and
+bounds; ``Literal[...]`` lists choices. The CLI turns those into typed options.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Opt:
+    """Help and bounds for one exercise option, used inside ``Annotated[...]``."""
+
+    help: str = ""
+    min: float | None = None
+    max: float | None = None
+
+
+@dataclass(frozen=True)
+class ExerciseInfo:
+    """What an exercise is, in the project's own words.
+
+    Attributes:
+        id: ``exercise-N``.
+        slug: a short name that also resolves, e.g. ``lazy-caching``.
+        title: one line.
+        concept: the caching concept it teaches.
+        scenario: the situation, a short paragraph.
+        walkthrough: the steps the exercise performs, in order.
+        fixtures: what it starts (``redis``, ``shop-db``, ...).
+        checks: the claims it checks, by the names its Result uses.
+        headline: the metric shown for it in ``run all`` summaries.
+    """
+
+    id: str
+    slug: str
+    title: str
+    concept: str
+    scenario: str
+    walkthrough: tuple[str, ...]
+    fixtures: tuple[str, ...]
+    checks: tuple[str, ...]
+    headline: str
+
+    @property
+    def number(self) -> int:
+        return int(self.id.rsplit("-", 1)[1])
+
+
+@dataclass(frozen=True)
+class Check:
+    """One claim of an exercise and whether this run's measurements upheld it."""
+
+    name: str
+    passed: bool
+    detail: str
+
+
+@dataclass
+class Table:
+    """A titled table of rows, rendered on the terminal, in JSON and in Markdown."""
+
+    title: str
+    columns: list[str]
+    rows: list[list[Any]]
+
+
+@dataclass
+class Result:
+    """Everything one exercise run measured and concluded."""
+
+    checks: list[Check] = field(default_factory=list)
+    metrics: dict[str, float | int] = field(default_factory=dict)
+    tables: list[Table] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def check(self, name: str, passed: bool, detail: str) -> bool:
+        """Record a check; returns ``passed`` so callers can branch on it."""
+        self.checks.append(Check(name, bool(passed), detail))
+        return bool(passed)
+
+    def metric(self, name: str, value: float | int) -> None:
+        self.metrics[name] = round(value, 4) if isinstance(value, float) else value
+
+    def table(self, title: str, columns: list[str], rows: list[list[Any]]) -> None:
+        self.tables.append(Table(title, columns, [list(row) for row in rows]))
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+
+    @property
+    def verdict(self) -> str:
+        return "pass" if self.checks and all(c.passed for c in self.checks) else "fail"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "verdict": self.verdict,
+            "checks": [asdict(c) for c in self.checks],
+            "metrics": dict(self.metrics),
+            "tables": [asdict(t) for t in self.tables],
+            "notes": list(self.notes),
+        }

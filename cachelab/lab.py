@@ -1,0 +1,127 @@
+"""The Lab owns every fixture of one run and tears all of it down, whatever happens."""
+
+from __future__ import annotations
+
+import random
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
+
+import redis
+
+from cachelab.fixtures.redis_binary import RedisBinary, find_redis_server
+from cachelab.fixtures.redis_server import RedisServer
+from cachelab.fixtures.shop import ShopDatabase, build_shop
+
+T = TypeVar("T")
+
+#: ``progress(description, total)`` gives a context whose value advances a bar by one.
+ProgressFactory = Callable[[str, "int | None"], AbstractContextManager[Callable[[], None]]]
+
+
+@dataclass(frozen=True)
+class LabSettings:
+    """Settings shared by every exercise of a run (the CLI's common options)."""
+
+    seed: int = 42
+    db_latency_ms: float = 1.0
+    scale: float = 1.0
+    redis_server: str | None = None
+
+
+class Lab:
+    """Starts fixtures on demand and stops them in reverse order on exit.
+
+    Use it as a context manager; on success, failure, exception or interrupt every
+    server it started is stopped and its temporary folder removed.
+    """
+
+    def __init__(self, settings: LabSettings | None = None, *,
+                 progress: ProgressFactory | None = None) -> None:
+        self.settings = settings or LabSettings()
+        self._progress = progress
+        self._stack = ExitStack()
+        self._binary: RedisBinary | None = None
+        self._servers: list[RedisServer] = []
+        self._workdir: Path | None = None
+
+    def __enter__(self) -> Lab:
+        self._stack.__enter__()
+        workdir = Path(tempfile.mkdtemp(prefix="cachelab-"))
+        self._stack.callback(shutil.rmtree, workdir, ignore_errors=True)
+        self._workdir = workdir
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self._stack.__exit__(exc_type, exc, tb)
+
+    @property
+    def workdir(self) -> Path:
+        if self._workdir is None:
+            raise RuntimeError("use the Lab as a context manager: with Lab() as lab: ...")
+        return self._workdir
+
+    @property
+    def binary(self) -> RedisBinary:
+        """The redis-server this lab runs (found once, on first use)."""
+        if self._binary is None:
+            self._binary = find_redis_server(self.settings.redis_server)
+        return self._binary
+
+    @property
+    def servers(self) -> list[RedisServer]:
+        return list(self._servers)
+
+    def rng(self, purpose: str) -> random.Random:
+        """A random source seeded from the run's seed and a purpose, so streams differ."""
+        return random.Random(f"{self.settings.seed}:{purpose}")
+
+    def redis_server(self, name: str = "redis", **config: str) -> RedisServer:
+        """Start a redis-server (config as ``maxmemory="2mb"``) that lives as long as the lab."""
+        if any(s.name == name for s in self._servers):
+            raise ValueError(f"a server named {name!r} already runs in this lab")
+        server = self._stack.enter_context(
+            RedisServer(self.binary, self.workdir, name=name,
+                        config={k.replace("_", "-"): v for k, v in config.items()}))
+        self._servers.append(server)
+        return server
+
+    def redis(self, name: str = "redis", **config: str) -> redis.Redis:
+        """A client of a new redis-server, closed when the lab ends."""
+        client = self.redis_server(name, **config).client()
+        self._stack.callback(client.close)
+        return client
+
+    def shop(self, name: str = "shop") -> ShopDatabase:
+        """Build the seeded shop database and return it as the application sees it."""
+        path = self.workdir / f"{name}.db"
+        size = build_shop(path, scale=self.settings.scale, seed=self.settings.seed)
+        db = ShopDatabase(path, latency_ms=self.settings.db_latency_ms, size=size)
+        self._stack.callback(db.close)
+        return db
+
+    def track(self, items: Iterable[T], description: str, total: int | None = None
+              ) -> Iterator[T]:
+        """Iterate ``items``, advancing a progress bar when the CLI asked for one."""
+        if self._progress is None:
+            yield from items
+            return
+        with self._progress(description, total) as advance:
+            for item in items:
+                yield item
+                advance()
+
+    def environment(self) -> dict[str, Any]:
+        """What the run ran on, for the result's ``environment``."""
+        env: dict[str, Any] = {"backend": "local"}
+        if self._binary is not None:
+            env["redis_version"] = self._binary.version
+            env["redis_server"] = str(self._binary.path)
+            env["redis_source"] = self._binary.source
+        return env

@@ -1,0 +1,113 @@
+"""Turn run records (the dicts ``--json`` prints) into rich tables and Markdown."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from rich import box
+from rich.console import Console, Group
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+
+def fmt(value: Any) -> str:
+    """Numbers as people read them: thousands separated, ratios to three places."""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        if value == 0:
+            return "0"
+        if abs(value) >= 100:
+            return f"{value:,.1f}"
+        return f"{value:.3f}".rstrip("0").rstrip(".") if abs(value) >= 0.001 else f"{value:.2e}"
+    return str(value)
+
+
+def environment_line(record: dict[str, Any]) -> str:
+    env, params = record["environment"], record["params"]
+    redis = (f"redis-server {env['redis_version']} ({env.get('redis_source', '?')})"
+             if "redis_version" in env else "no redis-server")
+    latency = params.get("db_latency_ms", 0)
+    db = (f"SQLite + {fmt(latency)} ms modelled round trip per query" if latency
+          else "raw SQLite (no modelled latency)")
+    return f"{redis} · {db} · seed {params.get('seed')} · {env.get('backend', 'local')} backend"
+
+
+def _table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> Table:
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, title_style="bold")
+    for i, column in enumerate(columns):
+        table.add_column(column, justify="left" if i == 0 else "right")
+    for row in rows:
+        table.add_row(*(fmt(v) for v in row))
+    return table
+
+
+def record_renderable(record: dict[str, Any]) -> Group:
+    """The whole terminal view of one run."""
+    parts: list[Any] = [
+        Text.assemble((f"{record['exercise']} ", "bold cyan"), (record["title"], "bold")),
+        Text(environment_line(record), style="dim"),
+    ]
+    parts += [_table(t["title"], t["columns"], t["rows"]) for t in record["tables"]]
+    parts.append(_table("Metrics", ["metric", "value"], list(record["metrics"].items())))
+    checks = Table(title="Checks", title_justify="left", box=box.SIMPLE_HEAD, title_style="bold")
+    checks.add_column("")
+    checks.add_column("check")
+    checks.add_column("measured")
+    for check in record["checks"]:
+        mark = Text("✓", "green") if check["passed"] else Text("✗", "bold red")
+        checks.add_row(mark, check["name"], check["detail"])
+    parts.append(checks)
+    for note in record["notes"]:
+        parts.append(Text(f"• {note}", style="italic"))
+    passed = record["verdict"] == "pass"
+    parts.append(Text.assemble(
+        ("PASS" if passed else "FAIL", "bold green" if passed else "bold red"),
+        f"  {sum(c['passed'] for c in record['checks'])}/{len(record['checks'])} checks"
+        f" · {record['duration_s']:.2f}s · run {record['run_id']}"))
+    return Group(*parts)
+
+
+def print_record(console: Console, record: dict[str, Any]) -> None:
+    console.print(Panel(record_renderable(record), box=box.ROUNDED, expand=False))
+
+
+def summary_table(records: Sequence[dict[str, Any]], headlines: Sequence[str]) -> Table:
+    """One row per run of ``run all``: verdict, duration and the headline metric."""
+    table = Table(title="Summary", title_justify="left", box=box.SIMPLE_HEAD, title_style="bold")
+    for column in ("exercise", "title", "verdict", "duration", "headline"):
+        table.add_column(column)
+    for record, headline in zip(records, headlines, strict=True):
+        verdict = record["verdict"]
+        value = record["metrics"].get(headline)
+        table.add_row(record["exercise"], record["title"],
+                      Text(verdict, "green" if verdict == "pass" else "bold red"),
+                      f"{record['duration_s']:.1f}s",
+                      f"{headline} = {fmt(value)}" if value is not None else "")
+    return table
+
+
+def to_markdown(record: dict[str, Any]) -> str:
+    """One run as Markdown, tables by tabulate."""
+    from tabulate import tabulate
+
+    out = [f"## {record['exercise']}: {record['title']}", "", environment_line(record), ""]
+    for t in record["tables"]:
+        out += [f"### {t['title']}", "",
+                tabulate([[fmt(v) for v in row] for row in t["rows"]], t["columns"],
+                         tablefmt="github"), ""]
+    out += ["### Metrics", "",
+            tabulate([[k, fmt(v)] for k, v in record["metrics"].items()], ["metric", "value"],
+                     tablefmt="github"), ""]
+    out += ["### Checks", "",
+            tabulate([["pass" if c["passed"] else "FAIL", c["name"], c["detail"]]
+                      for c in record["checks"]], ["", "check", "measured"],
+                     tablefmt="github"), ""]
+    out += [f"- {n}" for n in record["notes"]]
+    out += ["", f"**Verdict: {record['verdict']}** ({record['duration_s']:.2f}s, "
+                f"run {record['run_id']})", ""]
+    return "\n".join(out)
