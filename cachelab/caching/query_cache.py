@@ -54,8 +54,9 @@ class QueryCache(CacheAside[Query]):
         ttl_s: float,
         jitter: float = 0.0,
         rng: random.Random | None = None,
+        namespace: str = "query",
     ) -> None:
-        super().__init__(client, namespace="query", loader=lambda q: run_query(q[0], q[1]),
+        super().__init__(client, namespace=namespace, loader=lambda q: run_query(q[0], q[1]),
                          ttl_s=ttl_s, jitter=jitter, rng=rng)
 
     def key(self, item: Query) -> str:
