@@ -59,7 +59,27 @@ class _ExerciseGroup(TyperGroup):
         return [e.info.id for e in exercises()] + ["all"]
 
 
+class _LabGroup(TyperGroup):
+    """The root command: usage errors become one ``Error:`` line, not a framed box."""
+
+    def main(self, args: Any = None, prog_name: str | None = None,
+             complete_var: str | None = None, standalone_mode: bool = True,
+             **extra: Any) -> Any:
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except typer.TyperException as exc:
+            ctx = getattr(exc, "ctx", None)
+            where = ctx.command_path if ctx is not None else "cachelab"
+            message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+            _err(f"Error: {message.rstrip('.')}. See '{where} --help'.")
+            code = getattr(exc, "exit_code", ExitCode.USAGE)
+        if not standalone_mode:
+            return code
+        sys.exit(code or 0)
+
+
 app = typer.Typer(
+    cls=_LabGroup,
     help="A hands-on lab for caching strategies on real Redis and SQLite.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,

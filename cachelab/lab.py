@@ -52,7 +52,7 @@ class Lab:
 
     def __enter__(self) -> Lab:
         self._stack.__enter__()
-        workdir = Path(tempfile.mkdtemp(prefix="cachelab-"))
+        workdir = Path(tempfile.mkdtemp(prefix="cachelab-run-"))
         self._stack.callback(shutil.rmtree, workdir, ignore_errors=True)
         self._workdir = workdir
         return self

@@ -1,0 +1,206 @@
+"""The command line through CliRunner, and once as real subprocesses (Ctrl-C included)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from typer.testing import CliRunner
+
+from cachelab.cli import app
+from cachelab.registry import exercises
+from cachelab.store import ResultsStore, default_store_path
+
+runner = CliRunner()
+
+
+def invoke(args: list[str]):  # type: ignore[no-untyped-def]
+    return runner.invoke(app, args, prog_name="cachelab")
+
+
+FAST_1 = ["--requests", "200", "--expiry-ttl-s", "0.2"]
+
+
+def test_list_names_every_exercise() -> None:
+    result = invoke(["list"])
+    assert result.exit_code == 0
+    for exercise in exercises():
+        assert exercise.info.id in result.stdout
+        assert exercise.info.slug in result.stdout
+
+
+def test_list_json() -> None:
+    result = invoke(["list", "--json"])
+    rows = json.loads(result.stdout)
+    assert [r["id"] for r in rows] == [e.info.id for e in exercises()]
+    assert set(rows[0]) == {"id", "slug", "title", "concept", "fixtures"}
+
+
+def test_show_explains_an_exercise() -> None:
+    result = invoke(["show", "lazy-caching"])
+    assert result.exit_code == 0
+    info = exercises()[0].info
+    for text in (info.concept, "--requests", "--ttl-s", *info.checks):
+        assert text in result.stdout
+
+
+def test_version() -> None:
+    result = invoke(["--version"])
+    assert result.exit_code == 0 and result.stdout.startswith("cachelab ")
+
+
+@pytest.mark.parametrize("name", ["exercise-1", "1", "exercise-01", "exercise-001",
+                                  "lazy-caching"])
+def test_run_resolves_names_and_prints_pure_json(name: str) -> None:
+    result = invoke(["run", name, *FAST_1, "--json", "--no-save"])
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)  # the whole stdout is one JSON object
+    assert record["exercise"] == "exercise-1"
+    assert record["verdict"] == "pass"
+    assert record["params"]["requests"] == 200
+
+
+def test_run_prints_tables_and_saves_the_run() -> None:
+    result = invoke(["run", "2", "--requests", "50", "--expiry-ttl-s", "0.2"])
+    assert result.exit_code == 0, result.output
+    assert "Report latency" in result.stdout and "PASS" in result.stdout
+    saved = ResultsStore(default_store_path()).runs()
+    assert [r["exercise"] for r in saved] == ["exercise-2"]
+    assert saved[0]["params"]["requests"] == 50
+
+
+def test_run_markdown() -> None:
+    result = invoke(["run", "3", "--operations", "300", "--markdown", "--no-save"])
+    assert result.exit_code == 0
+    assert result.stdout.startswith("## exercise-3: ")
+    assert "| stale_reads_ttl_only" in result.stdout
+
+
+def test_run_all_json_is_one_array_and_every_run_is_saved() -> None:
+    result = invoke(["run", "all", "--json"])
+    assert result.exit_code == 0, result.output
+    records = json.loads(result.stdout)
+    assert [r["exercise"] for r in records] == [e.info.id for e in exercises()]
+    assert all(r["verdict"] == "pass" for r in records)
+    assert len(ResultsStore(default_store_path()).runs()) == len(records)
+
+
+def test_unknown_exercise_suggests_close_names() -> None:
+    result = invoke(["run", "lazy-cachin"])
+    assert result.exit_code == 2
+    first, *rest = result.stderr.splitlines()
+    assert not rest
+    assert first.startswith("Error: Unknown exercise 'lazy-cachin'. Did you mean lazy-caching")
+    assert first.endswith("? Run 'cachelab list' to see them all.")
+    assert result.stdout == ""
+
+
+def test_show_unknown_exercise() -> None:
+    result = invoke(["show", "exercise-99"])
+    assert result.exit_code == 2
+    assert result.stderr.startswith("Error: Unknown exercise 'exercise-99'.")
+
+
+@pytest.mark.parametrize(("args", "option"), [
+    (["--requests", "-5"], "--requests"),
+    (["--distribution", "pareto"], "--distribution"),
+    (["--db-latency-ms", "-1"], "--db-latency-ms"),
+])
+def test_bad_option_is_one_line_naming_the_option(args: list[str], option: str) -> None:
+    result = invoke(["run", "1", *args])
+    assert result.exit_code == 2
+    assert result.stderr.count("\n") == 1
+    assert result.stderr.startswith(f"Error: Invalid value for '{option}'")
+    assert "See 'cachelab run 1 --help'." in result.stderr
+
+
+def test_missing_redis_server_exits_3() -> None:
+    result = invoke(["run", "1", "--redis-server", "/nonexistent/redis-server"])
+    assert result.exit_code == 3
+    assert result.stderr.startswith("Error: /nonexistent/redis-server (from --redis-server) "
+                                    "is not an executable file; install one")
+    assert result.stderr.count("\n") == 1
+
+
+def test_unwritable_store_still_prints_the_result(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    result = invoke(["run", "1", *FAST_1, "--json", "--results",
+                                 str(blocker / "results.db")])
+    assert result.exit_code == 0
+    assert json.loads(result.stdout)["verdict"] == "pass"
+    assert result.stderr.startswith("Warning: run ")
+    assert "was not saved" in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_corrupt_store_keeps_its_bytes(tmp_path: Path) -> None:
+    store = tmp_path / "results.db"
+    store.write_bytes(b"this is not a database" * 100)
+    result = invoke(["run", "1", *FAST_1, "--results", str(store)])
+    assert result.exit_code == 0
+    assert "was not saved" in result.stderr
+    assert store.read_bytes() == b"this is not a database" * 100
+
+
+def test_doctor_names_the_redis_server() -> None:
+    result = invoke(["doctor"])
+    assert result.exit_code == 0
+    assert "redis-server" in result.stdout and "results store" in result.stdout
+
+
+def test_doctor_without_redis_server_exits_3() -> None:
+    result = invoke(["doctor", "--redis-server", "/nonexistent"])
+    assert result.exit_code == 3
+    assert "none usable" in result.stdout
+    assert result.stderr.startswith("Error: /nonexistent")
+
+
+# ---------------------------------------------------------------- real subprocesses
+
+
+def _cachelab(*args: str, **kwargs: object) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "cachelab", *args], text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)  # type: ignore[call-overload]
+
+
+def test_subprocess_run_prints_json() -> None:
+    process = _cachelab("run", "exercise-1", *FAST_1, "--json", "--no-save")
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 0, err
+    assert json.loads(out)["verdict"] == "pass"
+
+
+def _redis_descendants(pid: int) -> list[psutil.Process]:
+    try:
+        children = psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+    return [c for c in children if "redis-server" in c.name()]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupt_stops_every_server(sig: signal.Signals, tmp_path: Path) -> None:
+    """Ctrl-C (or SIGTERM) mid-run: exit 130, no redis-server left, no lab folder left."""
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    process = _cachelab("run", "3", "--operations", "10000000", "--no-save", env=env)
+    deadline = time.monotonic() + 60
+    servers: list[psutil.Process] = []
+    while not servers and time.monotonic() < deadline and process.poll() is None:
+        servers = _redis_descendants(process.pid)
+        time.sleep(0.05)
+    assert servers, "the run never started a redis-server"
+    time.sleep(0.5)  # let it get into the workload
+    process.send_signal(sig)
+    _, err = process.communicate(timeout=30)
+    assert process.returncode == 130
+    assert "Interrupted" in err
+    gone, alive = psutil.wait_procs(servers, timeout=5)
+    assert not alive
+    assert not list(tmp_path.glob("cachelab-run-*"))
