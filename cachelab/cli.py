@@ -12,7 +12,7 @@ import os
 import signal
 import sys
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
@@ -62,11 +62,12 @@ class _ExerciseGroup(TyperGroup):
 class _LabGroup(TyperGroup):
     """The root command: usage errors become one ``Error:`` line, not a framed box."""
 
-    def main(self, args: Any = None, prog_name: str | None = None,
+    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,
              complete_var: str | None = None, standalone_mode: bool = True,
-             **extra: Any) -> Any:
+             windows_expand_args: bool = True, **extra: Any) -> Any:
         try:
-            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+            code = super().main(args, prog_name, complete_var, standalone_mode=False,
+                                windows_expand_args=windows_expand_args, **extra)
         except typer.TyperException as exc:
             ctx = getattr(exc, "ctx", None)
             where = ctx.command_path if ctx is not None else "cachelab"
@@ -115,8 +116,9 @@ def list_exercises(
 
     Example: cachelab list --json
     """
-    rows = [{"id": e.info.id, "slug": e.info.slug, "title": e.info.title,
-             "concept": e.info.concept, "fixtures": list(e.info.fixtures)} for e in exercises()]
+    rows: list[dict[str, Any]] = [
+        {"id": e.info.id, "slug": e.info.slug, "title": e.info.title, "concept": e.info.concept,
+         "fixtures": list(e.info.fixtures)} for e in exercises()]
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
