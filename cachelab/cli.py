@@ -43,6 +43,13 @@ def _reported(debug: bool = False) -> Iterator[None]:
     except KeyboardInterrupt:
         _err("Interrupted: every server this run started has been stopped.")
         raise typer.Exit(ExitCode.INTERRUPTED) from None
+    except Exception as exc:
+        if debug:
+            raise
+        # A server that died or refused mid-run is the environment; anything else is a bug.
+        environment = isinstance(exc, OSError) or type(exc).__module__.startswith("redis")
+        _err(f"Error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)")
+        raise typer.Exit(ExitCode.ENVIRONMENT if environment else ExitCode.CHECK_FAILED) from None
 
 
 class _ExerciseGroup(TyperGroup):
@@ -225,18 +232,16 @@ def _progress_factory(common: _Common) -> Any:
     return progress
 
 
-def _save(common: _Common, records: list[dict[str, Any]]) -> None:
+def _save(common: _Common, record: dict[str, Any]) -> None:
     if common.no_save:
         return
     from cachelab.store import ResultsStore
 
-    store = ResultsStore(common.results)
-    for record in records:
-        try:
-            store.save(record)
-        except StoreError as exc:
-            _err(f"Warning: run {record['run_id']} was not saved: {exc} "
-                 "(use --results PATH or --no-save)")
+    try:
+        ResultsStore(common.results).save(record)
+    except StoreError as exc:
+        _err(f"Warning: run {record['run_id']} was not saved: {exc} "
+             "(use --results PATH or --no-save)")
 
 
 def _print(common: _Common, record: dict[str, Any]) -> None:
@@ -258,6 +263,7 @@ def _run_one(exercise: Exercise, common: _Common, given: dict[str, Any]) -> dict
     record = run_exercise(exercise, given, common.settings,
                           progress=_progress_factory(common)).to_dict()
     _print(common, record)
+    _save(common, record)  # at once, so that a later Ctrl-C loses no finished run
     return record
 
 
@@ -270,7 +276,6 @@ def _exercise_command(exercise: Exercise) -> Callable[..., None]:
             record = _run_one(exercise, common, given)
         if common.as_json:
             typer.echo(json.dumps(record))
-        _save(common, [record])
         raise typer.Exit(ExitCode.OK if record["verdict"] == "pass" else ExitCode.CHECK_FAILED)
 
     own = []
@@ -296,25 +301,27 @@ for _exercise in exercises():
 def _run_all(**kwargs: Any) -> None:
     """Run every exercise with its defaults, one after another, then a summary.
 
-    Goes on after a failed check. Example: cachelab run all --json
+    Goes on after a failed check, or after an exercise whose servers would not start.
+    Example: cachelab run all --json
     """
     common, _ = _Common.split(kwargs)
     records: list[dict[str, Any]] = []
     headlines: list[str] = []
     code = ExitCode.OK
-    for exercise in exercises():
-        try:
-            with _reported(common.debug):
-                records.append(_run_one(exercise, common, {}))
-                headlines.append(exercise.info.headline)
-        except typer.Exit as stop:
-            # Without a redis-server nothing else can run either.
-            if stop.exit_code == ExitCode.INTERRUPTED or isinstance(
-                    sys.exc_info()[1].__context__, RedisServerNotFound):  # type: ignore[union-attr]
-                raise
-            code = ExitCode.ENVIRONMENT
-        if records and records[-1]["verdict"] != "pass" and code == ExitCode.OK:
-            code = ExitCode.CHECK_FAILED
+    with _reported(common.debug):
+        for exercise in exercises():
+            try:
+                record = _run_one(exercise, common, {})
+            except RedisServerNotFound:
+                raise  # nothing else could run either
+            except CachelabError as exc:
+                _err(f"Error: {exercise.info.id}: {exc}")
+                code = ExitCode.ENVIRONMENT
+                continue
+            records.append(record)
+            headlines.append(exercise.info.headline)
+            if record["verdict"] != "pass":
+                code = max(code, ExitCode.CHECK_FAILED)
     if common.as_json:
         typer.echo(json.dumps(records))
     elif not common.markdown:
@@ -323,7 +330,6 @@ def _run_all(**kwargs: Any) -> None:
         from cachelab.render import summary_table
 
         Console().print(summary_table(records, headlines))
-    _save(common, records)
     raise typer.Exit(code)
 
 

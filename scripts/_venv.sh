@@ -7,8 +7,8 @@ ensure_venv() {
     "${PYTHON:-python3}" -m venv .venv
   fi
   if [ ! -f "$stamp" ]; then
-    .venv/bin/python -m pip install --quiet --upgrade pip
-    .venv/bin/python -m pip install --quiet -e ".[$extra]"
+    .venv/bin/python -m pip install -qq --upgrade pip
+    .venv/bin/python -m pip install -qq -e ".[$extra]"
     rm -f .venv/.installed-"$extra"-*
     touch "$stamp"
   fi

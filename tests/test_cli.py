@@ -15,7 +15,9 @@ import pytest
 from typer.testing import CliRunner
 
 from cachelab.cli import app
-from cachelab.registry import exercises
+from cachelab.exercise import ExerciseInfo, Result
+from cachelab.lab import Lab
+from cachelab.registry import Exercise, exercises, load_exercise
 from cachelab.store import ResultsStore, default_store_path
 
 runner = CliRunner()
@@ -204,3 +206,62 @@ def test_interrupt_stops_every_server(sig: signal.Signals, tmp_path: Path) -> No
     gone, alive = psutil.wait_procs(servers, timeout=5)
     assert not alive
     assert not list(tmp_path.glob("cachelab-run-*"))
+
+
+# ---------------------------------------------------------------- run all goes on
+
+
+def _exercise(number: int, run: object) -> Exercise:
+    import types
+
+    module = types.ModuleType(f"exercises.e{number}_fake", "A stand-in to test the CLI.")
+    module.__file__ = f"e{number}_fake.py"
+    module.INFO = ExerciseInfo(  # type: ignore[attr-defined]
+        id=f"exercise-{number}", slug=f"fake-{number}", title="Fake", concept="c",
+        scenario="s", walkthrough=("w",), fixtures=("redis",), checks=("c",), headline="keys")
+    module.run = run  # type: ignore[attr-defined]
+    return load_exercise(module)
+
+
+def _server_will_not_start(lab: Lab) -> Result:
+    lab.redis(maxmemory_policy="no-such-policy")
+    return Result()
+
+
+def _check_fails(lab: Lab) -> Result:
+    result = Result()
+    keys = lab.redis().dbsize()
+    result.metric("keys", keys)
+    result.check("the new server holds one key", keys == 1, f"it holds {keys}")
+    return result
+
+
+def test_run_all_goes_on_after_failures(monkeypatch: pytest.MonkeyPatch) -> None:
+    lineup = (_exercise(97, _server_will_not_start), _exercise(98, _check_fails),
+              exercises()[0])
+    monkeypatch.setattr("cachelab.cli.exercises", lambda: lineup)
+    result = invoke(["run", "all", "--json"])
+    assert result.exit_code == 3  # the worst of: environment (97), failed check (98), pass
+    records = json.loads(result.stdout)
+    assert [(r["exercise"], r["verdict"]) for r in records] == [
+        ("exercise-98", "fail"), ("exercise-1", "pass")]
+    assert records[0]["checks"][0]["detail"] == "it holds 0"
+    assert result.stderr.startswith("Error: exercise-97: redis (")
+    assert "no-such-policy" in result.stderr
+    assert [r["exercise"] for r in ResultsStore(default_store_path()).runs()] == [
+        "exercise-98", "exercise-1"]
+
+
+def test_unexpected_error_is_one_line_unless_debug(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(lab: Lab) -> Result:
+        raise ZeroDivisionError("a bug")
+
+    lineup = (_exercise(96, broken),)
+    monkeypatch.setattr("cachelab.registry.exercises", lambda: lineup)
+    monkeypatch.setattr("cachelab.cli.exercises", lambda: lineup)
+    result = invoke(["run", "all"])
+    assert result.exit_code == 1
+    assert result.stderr == ("Error: ZeroDivisionError: a bug (rerun with --debug for the "
+                             "traceback)\n")
+    result = invoke(["run", "all", "--debug"])
+    assert isinstance(result.exception, ZeroDivisionError)
