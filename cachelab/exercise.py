@@ -8,6 +8,7 @@ bounds; ``Literal[...]`` lists choices. The CLI turns those into typed options.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -86,6 +87,10 @@ class Result:
 
     def metric(self, name: str, value: float | int) -> None:
         self.metrics[name] = round(value, 4) if isinstance(value, float) else value
+
+    def add_metrics(self, values: Mapping[str, float | int]) -> None:
+        for name, value in values.items():
+            self.metric(name, value)
 
     def table(self, title: str, columns: list[str], rows: list[list[Any]]) -> None:
         self.tables.append(Table(title, columns, [list(row) for row in rows]))

@@ -105,8 +105,7 @@ def run(
     for key in keys:
         user_id = int(key.split(":")[1])
         ttl_ms = cache.pttl(key)
-        same = json.loads(cache.get(key) or "null") == next(
-            db.rows(db.PROFILE_SQL, [user_id]), None)
+        same = json.loads(cache.get(key) or "null") == db.profile_now(user_id)
         ttls_ms.append(ttl_ms)
         matching += same
         if len(sample) < 5:
@@ -137,7 +136,7 @@ def run(
     result.table("Cached keys (first five)", ["key", "TTL s", "equals database"], sample)
     result.table("Expiry", ["step", "outcome", "database queries"], timeline)
 
-    for name, value_ in {
+    result.add_metrics({
         "requests": stats.requests, "hits": stats.hits, "misses": stats.misses,
         "hit_ratio": stats.hit_ratio, "db_queries": db_queries,
         "redis_keyspace_hits": redis_seen["keyspace_hits"],
@@ -147,8 +146,7 @@ def run(
         "miss_p99_ms": miss_ms["p99"], "cached_keys": len(keys),
         "ttl_min_s": min(ttls_ms, default=0) / 1000, "ttl_max_s": max(ttls_ms, default=0) / 1000,
         "expired_after_s": expired_after if expired_after is not None else -1.0,
-    }.items():
-        result.metric(name, value_)
+    })
 
     result.check("database queries equal cache misses", db_queries == stats.misses,
                  f"{db_queries} queries, {stats.misses} misses")

@@ -138,7 +138,7 @@ def run(
 
     # Checks on what the cache now holds.
     asked = sorted(set(stream))
-    equal = sum(reports.rows(REPORT_SQL, p)[0] == list(db.rows(REPORT_SQL, p)) for p in asked)
+    equal = sum(reports.rows(REPORT_SQL, p)[0] == db.rows(REPORT_SQL, p) for p in asked)
     windows = int(phase_s // ttl_s) + 1  # TTL windows the phase spanned
     once_per_ttl = sum(1 <= executions[query_key(REPORT_SQL, p)] <= windows for p in asked)
     before = db.queries
@@ -160,7 +160,7 @@ def run(
                                                  "db executions"],
                  [[*p, stream.count(p), executions[query_key(REPORT_SQL, p)]] for p in asked])
 
-    for name, value in {
+    result.add_metrics({
         "distinct_queries": len(asked), "requests": requests,
         "db_executions_uncached": executions_uncached,
         "db_executions_cached": executions_cached,
@@ -170,8 +170,7 @@ def run(
         "query_p99_ms_uncached": u["p99"], "query_p99_ms_cached": c["p99"],
         "speedup_p50": ratio(u["p50"], c["p50"]),
         "expired_after_s": expired_after if expired_after is not None else -1.0,
-    }.items():
-        result.metric(name, value)
+    })
 
     result.check("cached results equal fresh results", equal == len(asked),
                  f"{equal}/{len(asked)} parameter sets equal a fresh execution")

@@ -94,7 +94,7 @@ def play(lab: Lab, cache: redis.Redis, db: ShopDatabase, strategy: Strategy, *,
             outcome.updates += 1
             continue
         profile, hit = profiles.fetch(user_id)
-        truth = next(db.rows(db.PROFILE_SQL, [user_id]))
+        truth = db.profile_now(user_id)
         outcome.reads += 1
         if profile != truth:
             outcome.stale_reads += 1
@@ -136,7 +136,7 @@ def run(
                                                                "database version"],
                      [[user_id, cached_version, db_version]])
 
-    for name, value in {
+    result.add_metrics({
         "operations": operations, "reads": inv.reads, "updates": inv.updates,
         "stale_reads_with_invalidation": inv.stale_reads,
         "stale_reads_ttl_only": ttl.stale_reads,
@@ -147,8 +147,7 @@ def run(
         "hit_ratio_with_invalidation": inv.hits / inv.reads if inv.reads else 0.0,
         "hit_ratio_ttl_only": ttl.hits / ttl.reads if ttl.reads else 0.0,
         "db_queries_with_invalidation": inv.db_queries, "db_queries_ttl_only": ttl.db_queries,
-    }.items():
-        result.metric(name, value)
+    })
 
     result.check("no stale reads with invalidation", inv.reads > 0 and inv.stale_reads == 0,
                  f"{inv.stale_reads} of {inv.reads} reads differed from the database")
