@@ -21,3 +21,16 @@ def test_exercise_passes_end_to_end(exercise: Exercise) -> None:
     assert set(record["metrics"]) == documented_metrics(exercise)
     assert record["environment"]["redis_version"]
     assert record["tables"] and all(t["rows"] for t in record["tables"])
+
+
+def test_a_seed_makes_a_run_repeatable() -> None:
+    """Same seed, same workload: the counts match exactly; another seed gives others."""
+    lazy = exercises()[0]
+
+    def counts(seed: int) -> tuple[int, int, int]:
+        metrics = run_exercise(lazy, {"requests": 400, "expiry_ttl_s": 0.2},
+                               LabSettings(seed=seed, db_latency_ms=0)).result.metrics
+        return metrics["hits"], metrics["misses"], metrics["db_queries"]
+
+    assert counts(5) == counts(5)
+    assert counts(5) != counts(6)
