@@ -10,8 +10,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Literal
 
-from hdrh.histogram import HdrHistogram
-
 if TYPE_CHECKING:  # redis is imported by whoever builds the client
     import redis
 
@@ -25,6 +23,8 @@ class LatencyHistogram:
     """An HDR histogram of durations, reported in milliseconds."""
 
     def __init__(self) -> None:
+        from hdrh.histogram import HdrHistogram  # deferred: `cachelab list` never needs it
+
         self._hist = HdrHistogram(_LOWEST_US, _HIGHEST_US, _DIGITS)
 
     def record_ns(self, duration_ns: int) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import functools
 import importlib
 import inspect
@@ -144,5 +143,7 @@ def resolve(name: str) -> Exercise:
     for exercise in exercises():
         if wanted in _names(exercise):
             return exercise
+    import difflib  # only a miss needs it; `cachelab list` should not pay for it
+
     known = [e.info.id for e in exercises()] + [e.info.slug for e in exercises()]
     raise UnknownExercise(name, difflib.get_close_matches(wanted, known, n=3, cutoff=0.5))
