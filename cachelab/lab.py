@@ -82,6 +82,14 @@ class Lab:
         """A random source seeded from the run's seed and a purpose, so streams differ."""
         return random.Random(f"{self.settings.seed}:{purpose}")
 
+    def enter_context(self, fixture: AbstractContextManager[T]) -> T:
+        """Own any other fixture (a process, a thread, a server): torn down with the lab."""
+        return self._stack.enter_context(fixture)
+
+    def callback(self, function: Callable[[], Any]) -> None:
+        """Call ``function`` when the lab ends (before what was set up earlier is torn down)."""
+        self._stack.callback(function)
+
     def redis_server(self, name: str = "redis", **config: str) -> RedisServer:
         """Start a redis-server (config as ``maxmemory="2mb"``) that lives as long as the lab."""
         if any(s.name == name for s in self._servers):

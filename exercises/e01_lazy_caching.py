@@ -79,7 +79,6 @@ def run(
     result = Result()
     cache = lab.redis()
     db = lab.shop()
-    assert db.size is not None
     profiles = CacheAside(cache, namespace="user", loader=db.user_profile, ttl_s=ttl_s,
                           jitter=jitter, rng=lab.rng("ttl"))
 

@@ -76,7 +76,6 @@ class Outcome:
 def play(lab: Lab, cache: redis.Redis, db: ShopDatabase, strategy: Strategy, *,
          operations: int, update_ratio: float, ttl_s: float) -> Outcome:
     """Run the seeded stream against ``db`` through a cache-aside with ``strategy``."""
-    assert db.size is not None
     profiles = CacheAside(cache, namespace=f"user-{strategy}", loader=db.user_profile,
                           ttl_s=ttl_s)
     rng = lab.rng("operations")  # the same stream for both strategies

@@ -139,3 +139,38 @@ def test_update_profile_bumps_version_and_changes_bio(shop: ShopDatabase) -> Non
     assert after["bio"] == "likes fresh caches"
     assert shop.user_profile(3)["version"] == 1  # type: ignore[index]
 
+
+
+def test_size_is_counted_when_not_given(tmp_path: Path) -> None:
+    path = tmp_path / "shop.db"
+    built = build_shop(path, scale=SCALE, seed=3)
+    db = ShopDatabase(path, latency_ms=0)
+    assert db.size == built
+    db.close()
+
+
+def test_products_update_and_bump_their_version(shop: ShopDatabase) -> None:
+    before = shop.product_details(1)
+    assert before is not None and before["category"] in CATEGORIES
+    shop.update_product(1, price_cents=999, stock=3)
+    after = shop.product_now(1)
+    assert after is not None
+    assert (after["price_cents"], after["stock"], after["version"]) == (999, 3,
+                                                                       before["version"] + 1)
+
+
+def test_posted_comments_are_counted_and_listed_newest_first(shop: ShopDatabase) -> None:
+    count = shop.comment_count(1)
+    first = shop.post_comment(1, user_id=2, body="first")
+    second = shop.post_comment(1, user_id=3, body="second")
+    assert second > first
+    assert shop.comment_count(1) == count + 2
+    assert [c["body"] for c in shop.latest_comments(1, limit=2)] == ["second", "first"]
+
+
+def test_celebrity_page(shop: ShopDatabase) -> None:
+    celebrity = shop.celebrity()
+    page = shop.account_page(celebrity["id"], posts=3)
+    assert page is not None and page["handle"] == celebrity["handle"]
+    assert len(page["posts"]) <= 3
+    assert shop.account_page(10**6) is None

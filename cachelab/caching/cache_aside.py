@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import random
+import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 if TYPE_CHECKING:  # redis is imported by whoever builds the client
@@ -17,11 +18,19 @@ K = TypeVar("K")
 
 @dataclass
 class CacheStats:
-    """What the strategy itself saw; exercises compare it with Redis's INFO."""
+    """What the strategy itself saw; exercises compare it with Redis's INFO.
+
+    Safe to update from many threads (``count``); read the fields once they are done.
+    """
 
     hits: int = 0
     misses: int = 0
     invalidations: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def count(self, name: str) -> None:
+        with self._lock:
+            setattr(self, name, getattr(self, name) + 1)
 
     @property
     def requests(self) -> int:
@@ -85,9 +94,9 @@ class CacheAside(Generic[K]):
         key = self.key(item)
         raw = self.client.get(key)
         if raw is not None:
-            self.stats.hits += 1
+            self.stats.count("hits")
             return json.loads(raw), True
-        self.stats.misses += 1
+        self.stats.count("misses")
         value = self.loader(item)
         if value is not None:
             self.client.set(key, json.dumps(value), px=self._ttl_ms())
@@ -98,5 +107,5 @@ class CacheAside(Generic[K]):
 
     def invalidate(self, item: K) -> bool:
         """Drop the cached value so that the next read loads fresh; True if one existed."""
-        self.stats.invalidations += 1
+        self.stats.count("invalidations")
         return bool(self.client.delete(self.key(item)))
