@@ -93,7 +93,8 @@ class WriteThrough(Generic[K]):
 
     Safe to use from many threads, given one writer at a time per id: two concurrent
     writers of the same id can finish their cache writes in the opposite order of
-    their database writes.
+    their database writes. The unsynced ids live in this object: another process that
+    reads the same keys does not know them (a TTL as a backstop covers that case).
     """
 
     def __init__(self, client: redis.Redis, *, namespace: str, db_read: Callable[[K], Any],
@@ -128,7 +129,11 @@ class WriteThrough(Generic[K]):
             return frozenset(self._unsynced)
 
     def fetch(self, item: K) -> tuple[Any, bool]:
-        """``(value, hit)``: the cache first; on a miss the database, which refills the cache."""
+        """``(value, hit)``: the cache first; on a miss the database, which refills the cache.
+
+        A Redis error on the GET propagates: during a launch, a cache that cannot be read
+        is an outage to see, not one to hide by sending every reader to the database.
+        """
         with self._lock:
             unsynced = item in self._unsynced
         if unsynced:  # Redis may still hold the value from before the update
