@@ -265,3 +265,13 @@ def test_unexpected_error_is_one_line_unless_debug(monkeypatch: pytest.MonkeyPat
                              "traceback)\n")
     result = invoke(["run", "all", "--debug"])
     assert isinstance(result.exception, ZeroDivisionError)
+
+
+@pytest.mark.parametrize("exercise", exercises(), ids=lambda e: e.info.id)
+def test_every_exercise_rejects_a_bad_option_value(exercise: Exercise) -> None:
+    numeric = next(o for o in exercise.options if o.type in (int, float))
+    value = str(numeric.min - 1) if numeric.min is not None else "not-a-number"
+    result = invoke(["run", exercise.info.id, numeric.flag, value])
+    assert result.exit_code == 2
+    assert result.stderr.startswith(f"Error: Invalid value for '{numeric.flag}'")
+    assert result.stdout == ""
