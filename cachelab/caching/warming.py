@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
@@ -290,7 +290,7 @@ class LockedCache(Generic[K]):
             self.stats.count("hits")
             return value, True
         self.stats.count("misses")
-        lock, token = self.lock_key(item), uuid.uuid4().hex
+        lock, token = self.lock_key(item), os.urandom(16).hex()
         return _single_flight(
             self.stats, read=lambda: self._read(key),
             try_lock=lambda: bool(self.client.set(lock, token, nx=True, px=self.lock_ttl_ms)),
