@@ -1,0 +1,398 @@
+"""Proactive warming before a celebrity's surge, and a bake-off of stampede guards.
+
+The most followed account posts, and the app announces the post on a Redis Stream. A
+watcher thread follows the stream and, on the celebrity's post, loads the account page
+(profile and latest posts) from the database and stores it in Redis before the
+followers arrive. The same surge of concurrent readers is played against a cold cache
+with no protection, against the warmed cache, and against a cold cache guarded by a
+``SET NX PX`` lock. Then one entry expires again and again under steady traffic: with
+no protection, with XFetch (probabilistic early recomputation) as published, and with
+XFetch plus a lock. A load is one call of the page loader, which makes two database
+queries.
+
+Metrics: surge_readers, surge_requests, warm_ms, warm_lead_ms, db_loads_cold,
+db_loads_warmed, db_loads_warmer, db_loads_lock, p50_ms_cold, p99_ms_cold,
+p50_ms_warmed, p99_ms_warmed, p50_ms_lock, p99_ms_lock, steady_requests,
+expiries_xfetch, db_loads_unprotected, db_loads_xfetch_published, db_loads_xfetch,
+max_loads_per_expiry_unprotected, max_loads_per_expiry_xfetch_published,
+max_loads_per_expiry_xfetch, p99_ms_unprotected, p99_ms_xfetch, xfetch_lead_ms.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Annotated, Any
+
+from cachelab.caching import CacheAside
+from cachelab.caching.warming import LockedCache, StreamWatcher, Warmer, XFetchCache
+from cachelab.exercise import ExerciseInfo, Opt, Result
+from cachelab.measure import LatencyHistogram, run_concurrently
+
+if TYPE_CHECKING:
+    import redis
+
+    from cachelab.fixtures.shop import ShopDatabase
+    from cachelab.lab import Lab
+
+INFO = ExerciseInfo(
+    id="exercise-10",
+    slug="proactive-warming",
+    title="Proactive warming before a celebrity's surge",
+    concept="Proactive caching and stampede prevention",
+    scenario=(
+        "A celebrity is about to post, and their followers will rush to the account page "
+        "within moments. If the page is not cached when they arrive, every one of them "
+        "misses at once and asks the database (a stampede). Watch the account's posts and "
+        "put the page into Redis the moment a post appears, before the rush; then compare "
+        "that with guarding the miss by a lock, and with refreshing an expiring entry early."
+    ),
+    walkthrough=(
+        "Start a redis-server, build the shop database and pick its celebrity, the most "
+        "followed account.",
+        "Cold: the celebrity posts (a row in the database, then XADD to the posts stream) "
+        "and a burst of concurrent readers asks for the page through plain cache-aside.",
+        "Warmed: a watcher thread blocks on XREAD; on the post it loads the page and SETs "
+        "it. The readers do not wait for it: they arrive a fixed delay after the post, and "
+        "timestamps show whether the watcher's write came before the first read.",
+        "Lock: the same cold surge, but on a miss only the reader holding SET NX PX loads; "
+        "the others poll for the value and take over if the lock expires.",
+        "Steady traffic: a paced stream of reads crosses several expiries of a short-lived "
+        "entry, with no protection, with XFetch as published, and with XFetch plus a lock; "
+        "loads are counted per expiry.",
+        "Compare every read with the database and every load count with the database's "
+        "query count, and put the strategies side by side.",
+    ),
+    fixtures=("redis", "shop-db"),
+    checks=(
+        "the warm write precedes the first surge read",
+        "the warmed surge makes zero database loads",
+        "without protection the surge stampedes the database",
+        "the lock holds the surge to at most two loads",
+        "XFetch with a lock holds each expiry to at most two loads",
+        "every read returned the current account page",
+        "load counts match the database's query count",
+    ),
+    headline="warm_lead_ms",
+)
+
+STREAM = "posts"
+QUERIES_PER_LOAD = 2  # ShopDatabase.account_page: the account, then its latest posts
+
+
+class PageLoader:
+    """The account page from the database, counting its calls (the loads)."""
+
+    def __init__(self, db: ShopDatabase) -> None:
+        self.db = db
+        self.calls = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, account_id: int) -> dict[str, Any] | None:
+        with self._lock:
+            self.calls += 1
+        return self.db.account_page(account_id)
+
+
+@dataclass
+class Row:
+    """One strategy under one kind of traffic (surge or steady), as measured."""
+
+    strategy: str
+    loads: int = 0
+    db_queries: int = 0
+    misses: int = 0
+    wrong: int = 0
+    latency: LatencyHistogram = field(default_factory=LatencyHistogram)
+    per_expiry: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def max_per_expiry(self) -> int:
+        return max(self.per_expiry.values(), default=0)
+
+    @property
+    def ms(self) -> dict[str, float]:
+        return self.latency.summary_ms()
+
+
+@dataclass
+class Surge:
+    """When things happened around one post, in ``time.monotonic_ns()``."""
+
+    entry_id: str
+    post_ns: int
+    first_read_ns: int
+    post_on_top: bool  # the page the readers must get shows the new post first
+
+
+def save_post(db: ShopDatabase, account_id: int, title: str) -> int:
+    """Insert a post by ``account_id``; returns its id."""
+    post_id = int(db.rows("SELECT MAX(id) AS id FROM posts")[0]["id"]) + 1
+    # Dated like the newest post, so that with its higher id it tops the page.
+    db.execute("INSERT INTO posts (id, account_id, title, body, posted_on) "
+               "SELECT ?, ?, ?, ?, MAX(posted_on) FROM posts",
+               [post_id, account_id, title, f"{title}: the followers rush to read it"])
+    return post_id
+
+
+def surge(client: redis.Redis, db: ShopDatabase, account_id: int,
+          fetch: Callable[[int], tuple[Any, bool]], row: Row, *, readers: int, requests: int,
+          delay_ms: float, loads: Callable[[], int], title: str,
+          settle: Callable[[], None] = lambda: None) -> Surge:
+    """Post, announce it, and release ``readers`` threads together ``delay_ms`` later.
+
+    ``settle`` runs after the readers and before the counts are read (it stops a watcher).
+    """
+    post_id = save_post(db, account_id, title)
+    expected = db.account_page(account_id)  # the truth, read before the counts start
+    q0, loads0 = db.queries, loads()
+    post_ns = time.monotonic_ns()
+    entry_id = str(client.xadd(STREAM, {"account_id": account_id, "post_id": post_id}))
+    surge_at_ns = post_ns + int(delay_ms * 1e6)
+    starts, durations = [0] * requests, [0] * requests
+    hits, wrong = [False] * requests, [False] * requests
+
+    def read(i: int) -> None:
+        pause_s = (surge_at_ns - time.monotonic_ns()) / 1e9
+        if pause_s > 0:  # followers react a moment after the post; nobody waits on a warmer
+            time.sleep(pause_s)
+        starts[i] = time.monotonic_ns()
+        value, hits[i] = fetch(account_id)
+        durations[i] = time.monotonic_ns() - starts[i]
+        wrong[i] = value != expected
+
+    run_concurrently(read, workers=readers, requests=requests)
+    settle()
+    for duration in durations:
+        row.latency.record_ns(duration)
+    row.misses, row.wrong = hits.count(False), sum(wrong)
+    row.loads, row.db_queries = loads() - loads0, db.queries - q0
+    row.per_expiry = {1: row.loads}  # the empty cache at the post is the one expiry
+    on_top = bool(expected and expected["posts"] and expected["posts"][0]["id"] == post_id)
+    return Surge(entry_id, post_ns, min(starts), on_top)
+
+
+def steady(lab: Lab, client: redis.Redis, db: ShopDatabase, account_id: int,
+           expected: dict[str, Any] | None, row: Row, *, namespace: str, beta: float,
+           lock: bool, rate: int, duration_s: float, readers: int, ttl_s: float,
+           lock_ttl_ms: int) -> XFetchCache[int]:
+    """Paced reads of one entry that expires every ``ttl_s``, through XFetch."""
+    loader = PageLoader(db)
+    cache = XFetchCache(client, namespace=namespace, loader=loader, ttl_s=ttl_s, beta=beta,
+                        lock=lock, lock_ttl_ms=lock_ttl_ms, rng=lab.rng(namespace))
+    cache.fetch(account_id)  # the first fill happens before the traffic and is not counted
+    q0, loads0, misses0 = db.queries, loader.calls, cache.stats.misses
+    requests = max(1, round(rate * duration_s))
+    durations, wrong = [0] * requests, [False] * requests
+    start_ns = time.monotonic_ns() + 20_000_000  # time for the reader threads to start
+
+    def read(i: int) -> None:
+        pause_s = (start_ns + i * 1e9 / rate - time.monotonic_ns()) / 1e9
+        if pause_s > 0:  # open loop: read i is due at i/rate, however slow the others are
+            time.sleep(pause_s)
+        t0 = time.monotonic_ns()
+        value, _ = cache.fetch(account_id)
+        durations[i] = time.monotonic_ns() - t0
+        wrong[i] = value != expected
+
+    run_concurrently(read, workers=readers, requests=requests)
+    for duration in durations:
+        row.latency.record_ns(duration)
+    row.loads, row.db_queries = loader.calls - loads0, db.queries - q0
+    row.misses, row.wrong = cache.stats.misses - misses0, sum(wrong)
+    row.per_expiry = cache.loads_per_expiry()
+    return cache
+
+
+def run(
+    lab: Lab,
+    *,
+    surge_readers: Annotated[int, Opt("Concurrent readers in the surge after the post.",
+                                      min=2, max=256)] = 32,
+    surge_requests: Annotated[int, Opt("Page reads in each surge, shared by the readers.",
+                                       min=2, max=1_000_000)] = 1000,
+    surge_delay_ms: Annotated[float, Opt("From the post to the first follower's read, in ms: "
+                                         "the watcher's head start.", min=0,
+                                         max=60_000)] = 100.0,
+    page_ttl_s: Annotated[float, Opt("TTL of the page during the surge, in seconds.", min=10,
+                                     max=86_400)] = 300.0,
+    lock_ttl_ms: Annotated[int, Opt("PX of the loader's lock: how long a crashed holder "
+                                    "blocks the others.", min=1, max=60_000)] = 250,
+    steady_rate: Annotated[int, Opt("Reads per second of the steady traffic.", min=50,
+                                    max=20_000)] = 2000,
+    steady_s: Annotated[float, Opt("Length of each steady-traffic run, in seconds.", min=0.1,
+                                   max=600)] = 1.2,
+    steady_readers: Annotated[int, Opt("Reader threads of the steady traffic.", min=1,
+                                       max=128)] = 8,
+    expiry_ttl_s: Annotated[float, Opt("TTL of the entry under steady traffic, in seconds.",
+                                       min=0.05, max=300)] = 0.5,
+    beta: Annotated[float, Opt("XFetch's beta: higher refreshes earlier (the paper's "
+                               "default is 1; 0 never refreshes early).", min=0,
+                               max=50)] = 2.0,
+) -> Result:
+    result = Result()
+    client = lab.redis()
+    db = lab.shop()
+    celebrity = int(db.celebrity()["id"])
+    surge_options: dict[str, Any] = {
+        "readers": surge_readers, "requests": surge_requests, "delay_ms": surge_delay_ms}
+    # Warm-up, not measured: one connection a reader thread, so that the first surge
+    # does not pay for connecting while the later ones reuse the pool.
+    run_concurrently(lambda _: client.ping(), workers=max(surge_readers, steady_readers),
+                     requests=4 * max(surge_readers, steady_readers))
+
+    # 1. Cold: nobody warms the page, every reader that misses loads it.
+    cold_loader = PageLoader(db)
+    cold = Row("surge: cold")
+    cold_cache = CacheAside(client, namespace="page-cold", loader=cold_loader, ttl_s=page_ttl_s)
+    surges = [surge(client, db, celebrity, cold_cache.fetch, cold,
+                    loads=lambda: cold_loader.calls, title="cold open", **surge_options)]
+
+    # 2. Warmed: the watcher sees the post on the stream and stores the page.
+    reader_loader, warm_loader = PageLoader(db), PageLoader(db)
+    warmed = Row("surge: warmed")
+    warmed_cache = CacheAside(client, namespace="page-warmed", loader=reader_loader,
+                              ttl_s=page_ttl_s)
+    warmer = Warmer(client, namespace="page-warmed", loader=warm_loader, ttl_s=page_ttl_s,
+                    accounts={celebrity})
+    watcher = lab.enter_context(StreamWatcher(client, STREAM, warmer.on_entry, block_ms=100))
+    warm_surge = surge(client, db, celebrity, warmed_cache.fetch, warmed,
+                       loads=lambda: reader_loader.calls, title="warm welcome",
+                       settle=watcher.stop, **surge_options)  # joined before the counts
+    surges.append(warm_surge)
+    warm = next((r for r in warmer.records if r.entry_id == warm_surge.entry_id), None)
+
+    # 3. Lock: a cold cache again, but only the lock's holder loads.
+    lock_loader = PageLoader(db)
+    locked = Row("surge: lock")
+    lock_cache = LockedCache(client, namespace="page-lock", loader=lock_loader,
+                             ttl_s=page_ttl_s, lock_ttl_ms=lock_ttl_ms)
+    surges.append(surge(client, db, celebrity, lock_cache.fetch, locked,
+                        loads=lambda: lock_loader.calls, title="locked in", **surge_options))
+
+    # 4. Steady traffic across expiries of a short-lived entry.
+    expected = db.account_page(celebrity)  # the truth, read before the counts start
+    steady_options: dict[str, Any] = {
+        "rate": steady_rate, "duration_s": steady_s, "readers": steady_readers,
+        "ttl_s": expiry_ttl_s, "lock_ttl_ms": lock_ttl_ms}
+    unprotected = Row("steady: no guard")
+    steady(lab, client, db, celebrity, expected, unprotected, namespace="steady-none", beta=0,
+           lock=False, **steady_options)
+    published = Row("steady: XFetch")
+    steady(lab, client, db, celebrity, expected, published, namespace="steady-xfetch",
+           beta=beta, lock=False, **steady_options)
+    xfetch = Row("steady: XFetch+lock")
+    xfetch_cache = steady(lab, client, db, celebrity, expected, xfetch,
+                          namespace="steady-xfetch-lock", beta=beta, lock=True,
+                          **steady_options)
+    rows = [cold, warmed, locked, unprotected, published, xfetch]
+
+    # What the measurements say.
+    warm_ms = (warm.written_ns - warm_surge.post_ns) / 1e6 if warm else -1.0
+    warm_lead_ms = (warm_surge.first_read_ns - warm.written_ns) / 1e6 if warm else -1.0
+    leads = sorted(xfetch_cache.refresh_leads_ms)
+    xfetch_lead_ms = leads[len(leads) // 2] if leads else 0.0  # the median (upper)
+    expiries = len(xfetch.per_expiry)
+
+    result.table("Bake-off", ["strategy", "reads", "misses", "loads", "max/expiry", "p50 ms",
+                              "p99 ms", "max ms"],
+                 [[r.strategy, r.latency.count, r.misses, r.loads, r.max_per_expiry,
+                   r.ms["p50"], r.ms["p99"], r.ms["max"]] for r in rows])
+    if warm:
+        result.table("Warming timeline", ["event", "ms after the post"], [
+            ["post announced (XADD)", 0.0],
+            ["watcher read it (XREAD)", (warm.seen_ns - warm_surge.post_ns) / 1e6],
+            ["page loaded from the database", (warm.loaded_ns - warm_surge.post_ns) / 1e6],
+            ["page stored (SET acknowledged)", warm_ms],
+            ["first surge read (GET sent)",
+             (warm_surge.first_read_ns - warm_surge.post_ns) / 1e6],
+        ])
+    steady_rows = [unprotected, published, xfetch]
+    generations = sorted({g for r in steady_rows for g in r.per_expiry})
+    result.table("Loads per expiry under steady traffic",
+                 ["expiry", *[r.strategy.removeprefix("steady: ") for r in steady_rows]],
+                 [[g, *[r.per_expiry.get(g, 0) for r in steady_rows]] for g in generations])
+
+    result.add_metrics({
+        "surge_readers": surge_readers, "surge_requests": surge_requests,
+        "warm_ms": warm_ms, "warm_lead_ms": warm_lead_ms,
+        "db_loads_cold": cold.loads, "db_loads_warmed": warmed.loads,
+        "db_loads_warmer": warm_loader.calls, "db_loads_lock": locked.loads,
+        "p50_ms_cold": cold.ms["p50"], "p99_ms_cold": cold.ms["p99"],
+        "p50_ms_warmed": warmed.ms["p50"], "p99_ms_warmed": warmed.ms["p99"],
+        "p50_ms_lock": locked.ms["p50"], "p99_ms_lock": locked.ms["p99"],
+        "steady_requests": xfetch.latency.count, "expiries_xfetch": expiries,
+        "db_loads_unprotected": unprotected.loads,
+        "db_loads_xfetch_published": published.loads, "db_loads_xfetch": xfetch.loads,
+        "max_loads_per_expiry_unprotected": unprotected.max_per_expiry,
+        "max_loads_per_expiry_xfetch_published": published.max_per_expiry,
+        "max_loads_per_expiry_xfetch": xfetch.max_per_expiry,
+        "p99_ms_unprotected": unprotected.ms["p99"], "p99_ms_xfetch": xfetch.ms["p99"],
+        "xfetch_lead_ms": xfetch_lead_ms,
+    })
+
+    if warm:
+        timing = (f"page stored {warm_ms:.1f} ms after the post, "
+                  + (f"{warm_lead_ms:.1f} ms before the first surge read" if warm_lead_ms > 0
+                     else f"{-warm_lead_ms:.1f} ms after the first surge read"))
+    else:
+        timing = f"the watcher stored nothing for entry {warm_surge.entry_id}"
+    result.check("the warm write precedes the first surge read",
+                 warm is not None and warm.written_ns < warm_surge.first_read_ns, timing)
+    result.check("the warmed surge makes zero database loads",
+                 warmed.loads == 0 and warmed.misses == 0 and warm_loader.calls == 1,
+                 f"{warmed.loads} loads and {warmed.misses} misses in "
+                 f"{warmed.latency.count} reads; the watcher loaded {warm_loader.calls} time"
+                 f"{'s' * (warm_loader.calls != 1)}")
+    result.check("without protection the surge stampedes the database", cold.loads > 1,
+                 f"{cold.loads} loads of one page by {surge_readers} concurrent readers")
+    result.check("the lock holds the surge to at most two loads", 1 <= locked.loads <= 2,
+                 f"{locked.loads} load{'s' * (locked.loads != 1)}; "
+                 f"{lock_cache.stats.waits} readers waited for it, "
+                 f"{lock_cache.stats.takeovers} took over an expired lock, "
+                 f"{lock_cache.stats.fallbacks} gave up waiting")
+    result.check("XFetch with a lock holds each expiry to at most two loads",
+                 expiries >= 1 and xfetch.max_per_expiry <= 2
+                 and xfetch_cache.stats.early_refreshes >= 1,
+                 f"{expiries} expir{'ies' if expiries != 1 else 'y'} in {steady_s:g}s of "
+                 f"traffic (TTL {expiry_ttl_s:g}s): loads "
+                 f"{', '.join(map(str, xfetch.per_expiry.values())) or 'none'}; "
+                 f"{xfetch_cache.stats.early_refreshes} early refreshes, median "
+                 f"{xfetch_lead_ms:.1f} ms before expiry; {xfetch.misses} misses "
+                 f"(as published: at most {published.max_per_expiry}, "
+                 f"no protection: at most {unprotected.max_per_expiry})")
+    reads = sum(r.latency.count for r in rows)
+    wrong = sum(r.wrong for r in rows)
+    on_top = sum(s.post_on_top for s in surges)
+    result.check("every read returned the current account page",
+                 reads > 0 and wrong == 0 and on_top == len(surges),
+                 f"{reads - wrong}/{reads} reads equal the page in the database; it showed "
+                 f"the new post first after {on_top}/{len(surges)} posts")
+    watcher_loads = {warmed.strategy: warm_loader.calls}
+    mismatched = [r.strategy for r in rows if r.db_queries
+                  != QUERIES_PER_LOAD * (r.loads + watcher_loads.get(r.strategy, 0))]
+    result.check("load counts match the database's query count", not mismatched,
+                 f"{QUERIES_PER_LOAD} queries per load in every row" if not mismatched
+                 else f"query count differs from {QUERIES_PER_LOAD} per load for "
+                 + ", ".join(mismatched))
+
+    result.note(f"A load is one call of the page loader: {QUERIES_PER_LOAD} queries, each "
+                f"with {db.describe_latency()}. In the surge the empty cache at the post is "
+                "the one expiry.")
+    result.note(f"The watcher needed {warm_ms:.1f} ms from the post to a stored page; the "
+                f"readers came {surge_delay_ms:g} ms after the post. Warming needs that head "
+                "start: try --surge-delay-ms 0 --db-latency-ms 20, and the readers win.")
+    result.note("The surge's p50 is mostly readers queueing for one Python interpreter "
+                f"({surge_readers} threads); its p99 and loads show the stampede.")
+    if beta > 0:
+        result.note("XFetch as published lets every reader that draws an early refresh load: "
+                    "readers that draw one while a refresh is in flight load again (about "
+                    f"e^(1/beta) - 1 = {math.exp(1 / beta) - 1:.2f} extra per expiry under "
+                    "heavy traffic, more when a load runs slower than the last), and a "
+                    "refresh that starts too late lets the misses stampede. The lock leaves "
+                    "one load per expiry. Try --beta 1, the paper's default.")
+    return result
+
