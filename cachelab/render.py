@@ -79,15 +79,16 @@ def print_record(console: Console, record: dict[str, Any]) -> None:
 def summary_table(records: Sequence[dict[str, Any]], headlines: Sequence[str]) -> Table:
     """One row per run of ``run all``: verdict, duration and the headline metric."""
     table = Table(title="Summary", title_justify="left", box=box.SIMPLE_HEAD, title_style="bold")
-    for column in ("exercise", "title", "verdict", "duration", "headline"):
-        table.add_column(column)
+    for column in ("exercise", "slug", "verdict", "duration", "headline metric"):
+        table.add_column(column, overflow="fold")  # long names wrap, never lose letters
+    table.add_column("value", justify="right")
     for record, headline in zip(records, headlines, strict=True):
         verdict = record["verdict"]
         value = record["metrics"].get(headline)
-        table.add_row(record["exercise"], record["title"],
+        table.add_row(record["exercise"], record["slug"],
                       Text(verdict, "green" if verdict == "pass" else "bold red"),
-                      f"{record['duration_s']:.1f}s",
-                      f"{headline} = {fmt(value)}" if value is not None else "")
+                      f"{record['duration_s']:.1f}s", headline,
+                      fmt(value) if value is not None else "")
     return table
 
 
@@ -99,14 +100,14 @@ def to_markdown(record: dict[str, Any]) -> str:
     for t in record["tables"]:
         out += [f"### {t['title']}", "",
                 tabulate([[fmt(v) for v in row] for row in t["rows"]], t["columns"],
-                         tablefmt="github"), ""]
+                         tablefmt="github", disable_numparse=True), ""]
     out += ["### Metrics", "",
             tabulate([[k, fmt(v)] for k, v in record["metrics"].items()], ["metric", "value"],
-                     tablefmt="github"), ""]
+                     tablefmt="github", disable_numparse=True), ""]
     out += ["### Checks", "",
             tabulate([["pass" if c["passed"] else "FAIL", c["name"], c["detail"]]
                       for c in record["checks"]], ["", "check", "measured"],
-                     tablefmt="github"), ""]
+                     tablefmt="github", disable_numparse=True), ""]
     out += [f"- {n}" for n in record["notes"]]
     out += ["", f"**Verdict: {record['verdict']}** ({record['duration_s']:.2f}s, "
                 f"run {record['run_id']})", ""]
