@@ -217,9 +217,37 @@ class _Common:
                                   annotation=kind) for name, kind, default in cls.PARAMS]
 
 
+def _interactive(common: _Common) -> bool:
+    """Live output only on a terminal, never on a pipe or with --json/--markdown."""
+    return not (common.as_json or common.markdown) and sys.stdout.isatty()
+
+
+def _live_factory(common: _Common) -> Any:
+    """A rich Live table of an exercise's snapshot, refreshed four times a second."""
+    if not _interactive(common):
+        return None
+    from rich.live import Live
+    from rich.table import Table
+
+    from cachelab.render import fmt
+
+    @contextmanager
+    def live(title: str, snapshot: Callable[[], Any]) -> Iterator[None]:
+        def view() -> Table:
+            table = Table(title=title, title_justify="left", show_header=False, box=None)
+            for name, value in snapshot().items():
+                table.add_row(name, fmt(value))
+            return table
+
+        with Live(get_renderable=view, refresh_per_second=4, transient=True):
+            yield
+
+    return live
+
+
 def _progress_factory(common: _Common) -> Any:
     """A rich progress bar on a terminal; nothing on a pipe or with --json."""
-    if common.as_json or common.markdown or not sys.stdout.isatty():
+    if not _interactive(common):
         return None
     from rich.progress import Progress
 
@@ -260,8 +288,8 @@ def _print(common: _Common, record: dict[str, Any]) -> None:
 def _run_one(exercise: Exercise, common: _Common, given: dict[str, Any]) -> dict[str, Any]:
     from cachelab.runner import run_exercise
 
-    record = run_exercise(exercise, given, common.settings,
-                          progress=_progress_factory(common)).to_dict()
+    record = run_exercise(exercise, given, common.settings, progress=_progress_factory(common),
+                          live=_live_factory(common)).to_dict()
     _print(common, record)
     _save(common, record)  # at once, so that a later Ctrl-C loses no finished run
     return record

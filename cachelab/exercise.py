@@ -8,7 +8,7 @@ bounds; ``Literal[...]`` lists choices. The CLI turns those into typed options.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -72,6 +72,21 @@ class Table:
 
 
 @dataclass
+class Chart:
+    """A small chart: one or more series of numbers over the same x values.
+
+    It renders as horizontal bars on the terminal; in JSON it is plain data, so reports
+    can draw it properly.
+    """
+
+    title: str
+    x_label: str
+    x: list[Any]
+    series: dict[str, list[float]]
+    unit: str = ""
+
+
+@dataclass
 class Result:
     """Everything one exercise run measured and concluded."""
 
@@ -79,6 +94,7 @@ class Result:
     metrics: dict[str, float | int] = field(default_factory=dict)
     tables: list[Table] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    charts: list[Chart] = field(default_factory=list)
 
     def check(self, name: str, passed: bool, detail: str) -> bool:
         """Record a check; returns ``passed`` so callers can branch on it."""
@@ -95,6 +111,14 @@ class Result:
     def table(self, title: str, columns: list[str], rows: list[list[Any]]) -> None:
         self.tables.append(Table(title, columns, [list(row) for row in rows]))
 
+    def chart(self, title: str, x_label: str, x: Sequence[Any],
+              series: Mapping[str, Sequence[float]], unit: str = "") -> None:
+        """Add a chart; every series must have one value per x."""
+        if any(len(values) != len(x) for values in series.values()):
+            raise ValueError(f"chart {title!r}: every series needs {len(x)} values")
+        self.charts.append(Chart(title, x_label, list(x),
+                                 {name: list(values) for name, values in series.items()}, unit))
+
     def note(self, text: str) -> None:
         self.notes.append(text)
 
@@ -109,4 +133,5 @@ class Result:
             "metrics": dict(self.metrics),
             "tables": [asdict(t) for t in self.tables],
             "notes": list(self.notes),
+            "charts": [asdict(c) for c in self.charts],
         }

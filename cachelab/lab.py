@@ -5,8 +5,8 @@ from __future__ import annotations
 import random
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import AbstractContextManager, ExitStack
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -22,6 +22,8 @@ T = TypeVar("T")
 
 #: ``progress(description, total)`` gives a context whose value advances a bar by one.
 ProgressFactory = Callable[[str, "int | None"], AbstractContextManager[Callable[[], None]]]
+#: ``live(title, snapshot)`` shows ``snapshot()``, refreshed, while its context is open.
+LiveFactory = Callable[[str, Callable[[], Mapping[str, Any]]], AbstractContextManager[None]]
 
 
 @dataclass(frozen=True)
@@ -42,9 +44,11 @@ class Lab:
     """
 
     def __init__(self, settings: LabSettings | None = None, *,
-                 progress: ProgressFactory | None = None) -> None:
+                 progress: ProgressFactory | None = None,
+                 live: LiveFactory | None = None) -> None:
         self.settings = settings or LabSettings()
         self._progress = progress
+        self._live = live
         self._stack = ExitStack()
         self._binary: RedisBinary | None = None
         self._servers: list[RedisServer] = []
@@ -124,6 +128,15 @@ class Lab:
             for item in items:
                 yield item
                 advance()
+
+    def live(self, title: str, snapshot: Callable[[], Mapping[str, Any]]
+             ) -> AbstractContextManager[None]:
+        """While the block runs, show ``snapshot()`` live when the CLI asked for it.
+
+        ``snapshot`` is called from another thread a few times a second: it must only
+        read (counters, histograms), never block. Without a terminal this does nothing.
+        """
+        return nullcontext() if self._live is None else self._live(title, snapshot)
 
     def environment(self) -> dict[str, Any]:
         """What the run ran on, for the result's ``environment``."""

@@ -46,6 +46,31 @@ def _table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) ->
     return table
 
 
+BAR_WIDTH = 40
+_SERIES_STYLES = ("cyan", "magenta", "yellow", "green", "blue", "red")
+
+
+def chart_renderable(chart: dict[str, Any]) -> Table:
+    """Horizontal bars, one row per x and one bar per series, scaled to the largest value."""
+    values = [v for series in chart["series"].values() for v in series]
+    top = max((abs(v) for v in values), default=0) or 1
+    table = Table(title=chart["title"], title_justify="left", box=None, title_style="bold",
+                  show_header=False, padding=(0, 1))
+    table.add_column(chart["x_label"], justify="right")
+    table.add_column("series")
+    table.add_column("bar")
+    table.add_column("value", justify="right")
+    names = list(chart["series"])
+    for i, x in enumerate(chart["x"]):
+        for j, name in enumerate(names):
+            value = chart["series"][name][i]
+            bar = "█" * round(BAR_WIDTH * abs(value) / top) or "▏"
+            table.add_row(fmt(x) if j == 0 else "", name if len(names) > 1 else "",
+                          Text(bar, _SERIES_STYLES[j % len(_SERIES_STYLES)]),
+                          f"{fmt(value)}{chart['unit']}")
+    return table
+
+
 def record_renderable(record: dict[str, Any]) -> Group:
     """The whole terminal view of one run."""
     parts: list[Any] = [
@@ -53,6 +78,7 @@ def record_renderable(record: dict[str, Any]) -> Group:
         Text(environment_line(record), style="dim"),
     ]
     parts += [_table(t["title"], t["columns"], t["rows"]) for t in record["tables"]]
+    parts += [chart_renderable(c) for c in record.get("charts", [])]
     parts.append(_table("Metrics", ["metric", "value"], list(record["metrics"].items())))
     checks = Table(title="Checks", title_justify="left", box=box.SIMPLE_HEAD, title_style="bold")
     checks.add_column("")
@@ -108,6 +134,11 @@ def to_markdown(record: dict[str, Any]) -> str:
             tabulate([["pass" if c["passed"] else "FAIL", c["name"], c["detail"]]
                       for c in record["checks"]], ["", "check", "measured"],
                      tablefmt="github", disable_numparse=True), ""]
+    for c in record.get("charts", []):
+        out += [f"### {c['title']}", "",
+                tabulate([[fmt(x), *(fmt(s[i]) for s in c["series"].values())]
+                          for i, x in enumerate(c["x"])], [c["x_label"], *c["series"]],
+                         tablefmt="github", disable_numparse=True), ""]
     out += [f"- {n}" for n in record["notes"]]
     out += ["", f"**Verdict: {record['verdict']}** ({record['duration_s']:.2f}s, "
                 f"run {record['run_id']})", ""]

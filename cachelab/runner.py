@@ -12,7 +12,7 @@ from typing import Any
 from cachelab import __version__
 from cachelab.errors import UsageError
 from cachelab.exercise import Result
-from cachelab.lab import Lab, LabSettings, ProgressFactory
+from cachelab.lab import Lab, LabSettings, LiveFactory, ProgressFactory
 from cachelab.registry import Exercise
 
 
@@ -43,7 +43,8 @@ class RunRecord:
         return {
             "exercise": info.id, "slug": info.slug, "title": info.title,
             "params": self.params, "verdict": result["verdict"], "checks": result["checks"],
-            "metrics": result["metrics"], "tables": result["tables"], "notes": result["notes"],
+            "metrics": result["metrics"], "tables": result["tables"], "charts": result["charts"],
+            "notes": result["notes"],
             "environment": self.environment, "run_id": self.run_id,
             "started_at": self.started_at, "duration_s": round(self.duration_s, 3),
         }
@@ -66,13 +67,14 @@ def resolve_params(exercise: Exercise, given: dict[str, Any]) -> dict[str, Any]:
 
 def run_exercise(exercise: Exercise, given: dict[str, Any] | None = None,
                  settings: LabSettings | None = None,
-                 progress: ProgressFactory | None = None) -> RunRecord:
+                 progress: ProgressFactory | None = None,
+                 live: LiveFactory | None = None) -> RunRecord:
     """Run ``exercise`` with its options in a fresh Lab; every fixture is gone on return."""
     settings = settings or LabSettings()
     params = resolve_params(exercise, given or {})
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     start = time.perf_counter()
-    with Lab(settings, progress=progress) as lab:
+    with Lab(settings, progress=progress, live=live) as lab:
         result = exercise.run(lab, **params)
         environment = {"cachelab": __version__, "python": platform.python_version(),
                        "platform": platform.platform(terse=True), **lab.environment()}

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import io
+import re
 from typing import Any
 
+import pytest
 from rich.console import Console
 
 from cachelab.render import fmt, print_record, summary_table, to_markdown
@@ -55,3 +57,19 @@ def test_markdown_has_github_tables() -> None:
 def test_summary_has_a_row_per_run() -> None:
     text = render(lambda console: console.print(summary_table([RECORD], ["hit_ratio"])))
     assert "exercise-1" in text and "fail" in text and "hit_ratio" in text and "0.7" in text
+
+
+def test_charts_render_as_bars_and_markdown_tables() -> None:
+    from cachelab.exercise import Result
+
+    result = Result()
+    result.chart("Hit ratio by memory", "maxmemory", ["1mb", "2mb"],
+                 {"lru": [0.25, 0.5], "lfu": [0.3, 0.6]})
+    with pytest.raises(ValueError, match="needs 2 values"):
+        result.chart("bad", "x", [1, 2], {"s": [1.0]})
+    record = {**RECORD, "charts": result.to_dict()["charts"]}
+    text = render(lambda console: print_record(console, record))
+    assert "Hit ratio by memory" in text
+    bars = {value: len(bar) for bar, value in re.findall(r"(█+)\s+([\d.]+)", text)}
+    assert bars == {"0.25": 17, "0.3": 20, "0.5": 33, "0.6": 40}  # scaled to the largest
+    assert "| 2mb         | 0.5   | 0.6   |" in to_markdown(record)
