@@ -26,6 +26,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from cachelab.errors import ServerStartError
+from cachelab.fixtures.spawn import spawn
 
 if TYPE_CHECKING:  # redis and sqlite3 are imported where used
     import sqlite3
@@ -348,9 +349,8 @@ class ListenerProcess:
                "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH"))
                                              if p)}
         with open(self.log_path, "wb") as log:
-            self._process = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=log,
-                                             stderr=subprocess.STDOUT, env=env,
-                                             start_new_session=True)
+            self._process = spawn(self.argv, stdin=subprocess.DEVNULL, stdout=log,
+                                  stderr=subprocess.STDOUT, env=env)
         _LIVE.add(self._process)
         try:
             self._wait_ready()
