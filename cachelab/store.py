@@ -13,6 +13,11 @@ import sqlite_utils
 from cachelab.errors import StoreError
 
 ENV_HOME = "CACHELAB_HOME"
+#: The layout of the store, kept in SQLite's ``user_version``. Version 0 is a store
+#: written before the layout was versioned (same table, no version mark).
+SCHEMA_VERSION = 1
+_COLUMNS = {"run_id": str, "exercise": str, "started_at": str, "verdict": str,
+            "duration_s": float, "record": str}
 
 
 def default_store_path() -> Path:
@@ -32,13 +37,42 @@ class ResultsStore:
         self.path = path or default_store_path()
 
     def _open(self) -> sqlite_utils.Database:
+        """Open, and bring an older layout up to date; a newer one is refused, never misread."""
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(self.path, timeout=10)
+            # WAL lets readers and several writers (parallel runs) share the file; the
+            # timeout makes a writer wait for another's transaction instead of failing.
+            conn = sqlite3.connect(self.path, timeout=30)
             conn.execute("PRAGMA journal_mode=WAL")
-            return sqlite_utils.Database(conn)
+            db = sqlite_utils.Database(conn)
+            try:
+                self._migrate(db)
+            except BaseException:
+                db.close()
+                raise
+            return db
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"cannot open the results store {self.path}: {exc}") from exc
+
+    def _migrate(self, db: sqlite_utils.Database) -> None:
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version == SCHEMA_VERSION:
+            return
+        if version > SCHEMA_VERSION:
+            raise StoreError(f"the results store {self.path} was written by a newer cachelab "
+                             f"(layout {version}, this one reads {SCHEMA_VERSION}); upgrade "
+                             "cachelab or use --results PATH")
+        with db.conn:  # 0 -> 1: create the table, or check the unversioned one
+            runs = db["runs"]
+            if runs.exists():
+                missing = set(_COLUMNS) - set(runs.columns_dict)
+                if missing:
+                    raise StoreError(f"the results store {self.path} has a runs table without "
+                                     f"{', '.join(sorted(missing))}; it is not a cachelab "
+                                     "store: use --results PATH")
+            else:
+                runs.create(_COLUMNS, pk="run_id")  # type: ignore[union-attr]
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def save(self, record: dict[str, Any]) -> None:
         """Save one run (a Result dict as ``--json`` prints it) in a single transaction."""

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import sqlite3
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from cachelab.errors import StoreError
-from cachelab.store import ResultsStore, default_store_path
+from cachelab.store import SCHEMA_VERSION, ResultsStore, default_store_path
 
 
 def _record(run_id: str, exercise: str, started_at: str, verdict: str = "pass") -> dict[str, Any]:
@@ -91,3 +93,36 @@ def test_corrupt_store_raises_store_error(tmp_path: Path) -> None:
         store.runs()
     assert path.read_bytes().startswith(b"this is not sqlite")  # left as it was
 
+
+
+def test_an_unversioned_store_is_migrated_and_keeps_its_runs(tmp_path: Path) -> None:
+    path = tmp_path / "results.db"
+    with sqlite3.connect(path) as conn:  # the layout before it carried a version
+        conn.execute("CREATE TABLE runs (run_id TEXT PRIMARY KEY, exercise TEXT, "
+                     "started_at TEXT, verdict TEXT, duration_s FLOAT, record TEXT)")
+        conn.execute("INSERT INTO runs VALUES ('old', 'exercise-1', 't', 'pass', 1.0, ?)",
+                     [json.dumps({"run_id": "old", "exercise": "exercise-1"})])
+    conn.close()
+    store = ResultsStore(path)
+    assert [r["run_id"] for r in store.runs()] == ["old"]
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+    conn.close()
+
+
+def test_a_store_from_a_newer_cachelab_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "results.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    with pytest.raises(StoreError, match="written by a newer cachelab"):
+        ResultsStore(path).runs()
+
+
+def test_a_foreign_runs_table_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "results.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE runs (id INTEGER, what TEXT)")
+    conn.close()
+    with pytest.raises(StoreError, match="not a cachelab store"):
+        ResultsStore(path).runs()
