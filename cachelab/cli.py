@@ -285,6 +285,17 @@ def _print(common: _Common, record: dict[str, Any]) -> None:
         print_record(Console(), record)
 
 
+def _note_leftovers() -> None:
+    """Say so when killed runs left folders behind (on Linux their servers died with them)."""
+    from cachelab.fixtures.leftovers import find_leftovers
+
+    found = find_leftovers()
+    if found:
+        _err(f"Note: {len(found)} folder(s) of killed cachelab runs are left "
+             f"({sum(len(f.pids) for f in found)} server(s) running); "
+             "'cachelab doctor --clean' removes them.")
+
+
 def _run_one(exercise: Exercise, common: _Common, given: dict[str, Any]) -> dict[str, Any]:
     from cachelab.runner import run_exercise
 
@@ -300,6 +311,7 @@ def _exercise_command(exercise: Exercise) -> Callable[..., None]:
 
     def command(**kwargs: Any) -> None:
         common, given = _Common.split(kwargs)
+        _note_leftovers()
         with _reported(common.debug):
             record = _run_one(exercise, common, given)
         if common.as_json:
@@ -333,6 +345,7 @@ def _run_all(**kwargs: Any) -> None:
     Example: cachelab run all --json
     """
     common, _ = _Common.split(kwargs)
+    _note_leftovers()
     records: list[dict[str, Any]] = []
     headlines: list[str] = []
     code = ExitCode.OK
@@ -391,14 +404,19 @@ def _docker_answers() -> str:
 def doctor(
     redis_server: Annotated[str | None, typer.Option(help="redis-server binary to check.")] = None,
     results: Annotated[Path | None, typer.Option(help="Results store file.")] = None,
+    clean: Annotated[bool, typer.Option("--clean", help="Stop the servers of killed runs and "
+                                        "remove their folders.")] = False,
 ) -> None:
-    """Show what cachelab would run on: Python, redis-server, results store, Docker.
+    """Show what cachelab would run on: Python, redis-server, results store, Docker, and
+    what killed runs left behind.
 
-    Exits 3 when no usable redis-server is found. Example: cachelab doctor
+    Exits 3 when no usable redis-server is found. Example: cachelab doctor --clean
     """
     import platform
 
+    from cachelab.fixtures import leftovers
     from cachelab.fixtures.redis_binary import find_redis_server
+    from cachelab.fixtures.spawn import DIES_WITH_PARENT
     from cachelab.store import default_store_path
 
     rows = [("cachelab", __version__),
@@ -412,6 +430,19 @@ def doctor(
         rows.append(("redis-server", "none usable"))
     rows.append(("results store", str(results or default_store_path())))
     rows.append(("docker", _docker_answers()))
+    rows.append(("killed runs", "their servers die with them (parent-death signal)"
+                 if DIES_WITH_PARENT else "their servers may outlive them: see leftovers"))
+    found = leftovers.find_leftovers()
+    rows.append(("leftovers", f"{len(found)} folder(s) of killed runs, "
+                 f"{sum(len(f.pids) for f in found)} server(s) still running"
+                 + (" (cachelab doctor --clean removes them)" if found and not clean else "")))
+    for leftover in found:
+        rows.append(("", f"{leftover.folder} (run pid {leftover.owner_pid}, servers "
+                         f"{', '.join(map(str, leftover.pids)) or 'none'})"))
+        if clean:
+            leftovers.clean(leftover)
+    if clean and found:
+        rows.append(("cleaned", f"{len(found)} folder(s) removed"))
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
         typer.echo(f"{name:<{width}}  {value}")

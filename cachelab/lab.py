@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import redis
 
+from cachelab.fixtures.leftovers import FOLDER_PREFIX, mark
 from cachelab.fixtures.redis_binary import RedisBinary, find_redis_server
 from cachelab.fixtures.redis_server import RedisServer
 from cachelab.fixtures.shop import ShopDatabase, build_shop
@@ -56,8 +57,9 @@ class Lab:
 
     def __enter__(self) -> Lab:
         self._stack.__enter__()
-        workdir = Path(tempfile.mkdtemp(prefix="cachelab-run-"))
+        workdir = Path(tempfile.mkdtemp(prefix=FOLDER_PREFIX))
         self._stack.callback(shutil.rmtree, workdir, ignore_errors=True)
+        mark(workdir)  # so that a later doctor can tell a killed run's folder
         self._workdir = workdir
         return self
 

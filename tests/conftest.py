@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,6 +29,10 @@ def redis_children() -> list[psutil.Process]:
 def _clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
     """Every test gets its own results store, plain output, and must leave no server behind."""
     monkeypatch.setenv("CACHELAB_HOME", str(tmp_path / "home"))
+    # Lab folders go to the test's own tmp (and a child's too), so that leftovers of other
+    # runs on this machine never show up in a test's output.
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", None)
     for name in ("NO_COLOR", "FORCE_COLOR"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("COLUMNS", "120")

@@ -8,12 +8,14 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import psutil
 import pytest
 
+from cachelab.fixtures.redis_binary import RedisBinary
 from cachelab.fixtures.spawn import DIES_WITH_PARENT
 from cachelab.store import ResultsStore
 
@@ -98,3 +100,70 @@ def test_sigkill_during_a_save_leaves_whole_runs_only(tmp_path: Path) -> None:
     runs = ResultsStore(path).runs()
     assert len(runs) >= 3
     assert all(len(r["blob"]) == 2_000_000 and r["verdict"] == "pass" for r in runs)
+
+
+def _redis_in(binary: Path, folder: Path, port: int) -> subprocess.Popen[bytes]:
+    """A redis-server running in ``folder``, as a run would have started it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    process = subprocess.Popen(
+        [str(binary), "--port", str(port), "--bind", "127.0.0.1", "--daemonize", "no",
+         "--dir", str(folder), "--pidfile", str(folder / "redis.pid"), "--save", ""],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 10
+    while not (folder / "redis.pid").exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return process
+
+
+def test_doctor_lists_and_cleans_only_what_killed_runs_left(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, redis_binary: RedisBinary) -> None:
+    from typer.testing import CliRunner
+
+    from cachelab.cli import app
+    from cachelab.fixtures._ports import claim_port
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    killed = tmp_path / "cachelab-run-killed"
+    ports = [claim_port(), claim_port()]
+    orphan = _redis_in(redis_binary.path, killed / "redis", ports[0].port)
+    (killed / "owner.pid").write_text(dead.stdout.strip())
+    # A stranger's server whose pid a pidfile in the killed folder happens to name.
+    stranger = _redis_in(redis_binary.path, tmp_path / "elsewhere", ports[1].port)
+    (killed / "stranger").mkdir()
+    (killed / "stranger" / "x.pid").write_text(str(stranger.pid))
+    live = tmp_path / "cachelab-run-live"
+    live.mkdir()
+    (live / "owner.pid").write_text(str(os.getpid()))
+    try:
+        listed = CliRunner().invoke(app, ["doctor"], prog_name="cachelab")
+        assert "1 folder(s) of killed runs, 1 server(s) still running" in listed.stdout
+        assert f"servers {orphan.pid})" in listed.stdout
+
+        cleaned = CliRunner().invoke(app, ["doctor", "--clean"], prog_name="cachelab")
+        assert "1 folder(s) removed" in cleaned.stdout
+        assert orphan.wait(timeout=5) is not None
+        assert not killed.exists() and live.exists()
+        assert stranger.poll() is None  # not started by cachelab: untouched
+    finally:
+        for process in (orphan, stranger):
+            process.kill()
+            process.wait()
+        for claim in ports:
+            claim.release()
+
+
+def test_a_run_notes_what_killed_runs_left(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from cachelab.cli import app
+
+    killed = tmp_path / "cachelab-run-killed"
+    killed.mkdir()
+    (killed / "owner.pid").write_text(str(2**22 + 1))  # above pid_max: never alive
+    result = CliRunner().invoke(app, ["run", "1", "--requests", "50", "--expiry-ttl-s", "0.2",
+                                      "--no-save"], prog_name="cachelab")
+    assert result.exit_code == 0
+    assert result.stderr == ("Note: 1 folder(s) of killed cachelab runs are left (0 server(s) "
+                             "running); 'cachelab doctor --clean' removes them.\n")
