@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 import threading
 from collections.abc import Callable
@@ -82,8 +83,9 @@ class CacheAside(Generic[K]):
     @property
     def ttl_range_ms(self) -> tuple[int, int]:
         """The smallest and largest TTL a stored value can be given."""
-        low = int(self.ttl_s * 1000 * (1 - self.jitter))
-        return low, int(self.ttl_s * 1000 * (1 + self.jitter))
+        # Whole milliseconds that enclose the exact range: Redis keeps PX in ms.
+        low = math.floor(self.ttl_s * 1000 * (1 - self.jitter))
+        return low, math.ceil(self.ttl_s * 1000 * (1 + self.jitter))
 
     def _ttl_ms(self) -> int:
         low, high = self.ttl_range_ms
