@@ -4,12 +4,15 @@ from cachelab.caching.cache_aside import CacheAside, CacheStats
 from cachelab.caching.eager import WriteOutcome, WriteThrough, WriteThroughStats, preload
 from cachelab.caching.outbox import CommentCache, ListenerProcess, OutboxListener, install_outbox
 from cachelab.caching.query_cache import QueryCache, normalise_sql, query_key
+from cachelab.caching.rate_limit import SlidingWindowLimiter
+from cachelab.caching.sharding import ShardRing, ring_hash
 from cachelab.caching.warming import LockedCache, StreamWatcher, Warmer, XFetchCache, xfetch_due
 from cachelab.caching.warmup import AccessRecorder, TopKWarmer, lfu_top, topk_overlap
 
 __all__ = [
     "AccessRecorder", "CacheAside", "CacheStats", "CommentCache", "ListenerProcess",
-    "LockedCache", "OutboxListener", "QueryCache", "StreamWatcher", "TopKWarmer", "Warmer",
+    "LockedCache", "OutboxListener", "QueryCache", "ShardRing", "SlidingWindowLimiter",
+    "StreamWatcher", "TopKWarmer", "Warmer",
     "WriteOutcome", "WriteThrough", "WriteThroughStats", "XFetchCache", "install_outbox",
-    "lfu_top", "normalise_sql", "preload", "query_key", "topk_overlap", "xfetch_due",
+    "lfu_top", "normalise_sql", "preload", "query_key", "ring_hash", "topk_overlap", "xfetch_due",
 ]
