@@ -15,13 +15,19 @@ import traceback
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 from typer.core import TyperGroup
 
 from cachelab import __version__
-from cachelab.errors import CachelabError, ExitCode, RedisServerNotFound, StoreError
+from cachelab.errors import (
+    CachelabError,
+    ExitCode,
+    RedisServerNotFound,
+    StoreError,
+    UsageError,
+)
 from cachelab.registry import Exercise, exercises, resolve
 
 
@@ -376,6 +382,196 @@ def _run_all(**kwargs: Any) -> None:
 
 _run_all.__signature__ = inspect.Signature(_Common.parameters())  # type: ignore[attr-defined]
 run_app.command("all")(_run_all)
+
+
+# ---------------------------------------------------------------- runs, compare, report
+
+runs_app = typer.Typer(help="The saved runs: list, show, delete, prune.",
+                       invoke_without_command=True)
+app.add_typer(runs_app, name="runs")
+ResultsOption = Annotated[Path | None, typer.Option("--results", help="Results store file.")]
+FIRST_RUN_HINT = "make a first run with: cachelab run exercise-1"
+
+
+def _store(results: Path | None) -> Any:
+    from cachelab.store import ResultsStore
+
+    return ResultsStore(results)
+
+
+def _print_table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
+    from rich.console import Console
+
+    from cachelab.render import table_renderable
+
+    if rows:
+        Console().print(table_renderable(title, columns, rows))
+
+
+@runs_app.callback()
+def runs(
+    ctx: typer.Context,
+    exercise: Annotated[str | None, typer.Option(help="Only runs of this exercise.")] = None,
+    limit: Annotated[int, typer.Option(min=1, help="Show at most this many, newest.")] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    results: ResultsOption = None,
+) -> None:
+    """List the saved runs, newest last: id, exercise, time, verdict, duration, headline.
+
+    Example: cachelab runs --exercise 11 --limit 5
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    with _reported():
+        store = _store(results)
+        wanted = resolve(exercise).info.id if exercise else None
+        saved = store.runs(wanted)[-limit:]
+    headlines = {e.info.id: e.info.headline for e in exercises()}
+    rows = [{"run_id": r["run_id"], "exercise": r["exercise"],
+             "started_at": r["started_at"][:16].replace("T", " "),
+             "verdict": r["verdict"], "duration_s": r["duration_s"],
+             "headline": headlines.get(r["exercise"]),
+             "value": r["metrics"].get(headlines.get(r["exercise"], ""))} for r in saved]
+    if as_json:
+        typer.echo(json.dumps(rows))
+    elif not rows:
+        _err(f"No saved runs in {store.path}; {FIRST_RUN_HINT}")
+    else:
+        _print_table("Saved runs", ["run", "exercise", "started", "verdict", "duration s",
+                                    "headline", "value"],
+                     [list(r.values()) for r in rows])
+
+
+@runs_app.command("show")
+def runs_show(run: Annotated[str, typer.Argument(help="A run id (or its start).")],
+              as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+              results: ResultsOption = None) -> None:
+    """Print a saved run again, as it was printed. Example: cachelab runs show 3fa2"""
+    with _reported():
+        record = _store(results).get(run)
+    if as_json:
+        typer.echo(json.dumps(record))
+    else:
+        from rich.console import Console
+
+        from cachelab.render import print_record
+
+        print_record(Console(), record)
+
+
+@runs_app.command("delete")
+def runs_delete(run: Annotated[str, typer.Argument(help="A run id (or its start).")],
+                results: ResultsOption = None) -> None:
+    """Delete one saved run. Example: cachelab runs delete 3fa2"""
+    with _reported():
+        run_id = _store(results).delete(run)
+    typer.echo(f"Deleted run {run_id}.")
+
+
+@runs_app.command("prune")
+def runs_prune(keep: Annotated[int, typer.Option(min=0, help="Runs to keep per exercise.")],
+               results: ResultsOption = None) -> None:
+    """Keep only the newest runs of each exercise. Example: cachelab runs prune --keep 5"""
+    with _reported():
+        deleted = _store(results).prune(keep)
+    typer.echo(f"Deleted {deleted} run(s); kept the newest {keep} of each exercise.")
+
+
+@app.command()
+def compare(
+    items: Annotated[list[str], typer.Argument(help="Run ids, or one exercise with --vary.")],
+    vary: Annotated[str | None, typer.Option(help="NAME=V1,V2,...: run the exercise once "
+                                             "per value.")] = None,
+    trials: Annotated[int, typer.Option(min=1, max=50, help="Runs per value (seeds seed, "
+                                        "seed+1, ...).")] = 1,
+    seed: Annotated[int, typer.Option(help="Seed of the first trial.")] = 42,
+    db_latency_ms: Annotated[float, typer.Option(min=0, max=1000, help="Modelled database "
+                                                 "round trip.")] = 1.0,
+    redis_server: Annotated[str | None, typer.Option(help="redis-server binary.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    results: ResultsOption = None,
+) -> None:
+    """Compare saved runs side by side, or run one exercise across values of an option.
+
+    Examples: cachelab compare 3fa2 9c1e;
+    cachelab compare exercise-11 --vary policies=allkeys-lru,allkeys-random --trials 3
+    """
+    from cachelab import compare as cmp
+
+    with _reported():
+        store = _store(results)
+        if vary is None:
+            if len(items) < 2:
+                raise UsageError("give two or more run ids (see 'cachelab runs'), or one "
+                                 "exercise with --vary NAME=V1,V2")
+            comparison = cmp.compare_records([store.get(ref) for ref in items])
+        else:
+            if len(items) != 1:
+                raise UsageError("--vary takes exactly one exercise")
+            exercise = resolve(items[0])
+            option, values = cmp.parse_vary(exercise, vary)
+            from cachelab.lab import LabSettings
+            from cachelab.runner import run_exercise
+
+            def one(given: dict[str, Any], trial: int) -> dict[str, Any]:
+                settings = LabSettings(seed=seed + trial, db_latency_ms=db_latency_ms,
+                                       redis_server=redis_server)
+                record = run_exercise(exercise, given, settings).to_dict()
+                store.save(record)
+                return record
+
+            columns, rows = cmp.vary(option, values, trials, one).rows()
+            if as_json:
+                typer.echo(json.dumps({"columns": columns, "rows": rows}))
+            else:
+                _print_table(f"{exercise.info.id} by {option}"
+                             + (f" (median and min–max of {trials} trials)" if trials > 1
+                                else ""), columns, rows)
+            return
+    sections = [("Metrics", comparison.metric_columns, comparison.metric_rows),
+                ("Parameters that differ", ["parameter", *comparison.run_ids],
+                 comparison.param_rows),
+                ("Checks that differ", ["check", *comparison.run_ids], comparison.check_rows),
+                ("Environment that differs", ["", *comparison.run_ids],
+                 comparison.environment_rows)]
+    if as_json:
+        typer.echo(json.dumps({title: {"columns": columns, "rows": rows}
+                               for title, columns, rows in sections}))
+        return
+    for title, columns, rows in sections:
+        _print_table(title, columns, rows)
+
+
+@app.command()
+def report(
+    runs: Annotated[list[str] | None, typer.Argument(help="Run ids; default: the latest "
+                                                     "run of every exercise.")] = None,
+    format: Annotated[Literal["markdown", "html"], typer.Option(
+        "--format", help="markdown or html.")] = "markdown",
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="Write to this file "
+                                                "instead of stdout.")] = None,
+    results: ResultsOption = None,
+) -> None:
+    """Write a report of saved runs: parameters, verdict, checks, metrics, charts.
+
+    Example: cachelab report --format html -o report.html
+    """
+    from cachelab.report import html_report, markdown_report
+
+    with _reported():
+        store = _store(results)
+        records = [store.get(ref) for ref in runs] if runs else store.latest_per_exercise()
+        if not records:
+            raise UsageError(f"No saved runs in {store.path} to report; {FIRST_RUN_HINT}")
+        text = html_report(records) if format == "html" else markdown_report(records)
+        if output is None:
+            typer.echo(text)
+            return
+        try:
+            output.write_text(text)
+        except OSError as exc:
+            raise UsageError(f"cannot write {output}: {exc.strerror}") from None
+    _err(f"Wrote a report of {len(records)} run(s) to {output}")
 
 
 # ---------------------------------------------------------------- doctor

@@ -37,10 +37,12 @@ def environment_line(record: dict[str, Any]) -> str:
     return f"{redis} · {db} · seed {params.get('seed')} · {env.get('backend', 'local')} backend"
 
 
-def _table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> Table:
+def table_renderable(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+                     ) -> Table:
     table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, title_style="bold")
     for i, column in enumerate(columns):
-        table.add_column(column, justify="left" if i == 0 else "right")
+        # Fold rather than cut: an id or a name that does not fit wraps, whole.
+        table.add_column(column, justify="left" if i == 0 else "right", overflow="fold")
     for row in rows:
         table.add_row(*(fmt(v) for v in row))
     return table
@@ -77,9 +79,9 @@ def record_renderable(record: dict[str, Any]) -> Group:
         Text.assemble((f"{record['exercise']} ", "bold cyan"), (record["title"], "bold")),
         Text(environment_line(record), style="dim"),
     ]
-    parts += [_table(t["title"], t["columns"], t["rows"]) for t in record["tables"]]
+    parts += [table_renderable(t["title"], t["columns"], t["rows"]) for t in record["tables"]]
     parts += [chart_renderable(c) for c in record.get("charts", [])]
-    parts.append(_table("Metrics", ["metric", "value"], list(record["metrics"].items())))
+    parts.append(table_renderable("Metrics", ["metric", "value"], list(record["metrics"].items())))
     checks = Table(title="Checks", title_justify="left", box=box.SIMPLE_HEAD, title_style="bold")
     checks.add_column("")
     checks.add_column("check")

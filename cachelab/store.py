@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import sqlite_utils
 
-from cachelab.errors import StoreError
+from cachelab.errors import StoreError, UsageError
 
 ENV_HOME = "CACHELAB_HOME"
 #: The layout of the store, kept in SQLite's ``user_version``. Version 0 is a store
@@ -89,16 +91,78 @@ class ResultsStore:
         finally:
             db.close()
 
-    def runs(self, exercise: str | None = None) -> list[dict[str, Any]]:
-        """Saved runs as dicts, oldest first, optionally of one exercise."""
+    @contextmanager
+    def _reading(self) -> Iterator[sqlite_utils.Database | None]:
+        """The store for reading, or None when nothing was ever saved (nothing is created)."""
+        if not self.path.exists():
+            yield None
+            return
         db = self._open()
         try:
-            if "runs" not in db.table_names():
-                return []
-            where, args = ("exercise = ?", [exercise]) if exercise else (None, None)
-            rows = db["runs"].rows_where(where, args, order_by="started_at, rowid")
-            return [json.loads(row["record"]) for row in rows]
+            yield db
         except sqlite3.Error as exc:
             raise StoreError(f"cannot read the results store {self.path}: {exc}") from exc
         finally:
             db.close()
+
+    def runs(self, exercise: str | None = None) -> list[dict[str, Any]]:
+        """Saved runs as dicts, oldest first, optionally of one exercise."""
+        with self._reading() as db:
+            if db is None:
+                return []
+            where, args = ("exercise = ?", [exercise]) if exercise else (None, None)
+            rows = db["runs"].rows_where(where, args, order_by="started_at, rowid")
+            return [json.loads(row["record"]) for row in rows]
+
+    def get(self, run_ref: str) -> dict[str, Any]:
+        """The run whose id is ``run_ref`` or starts with it; a usage error otherwise."""
+        with self._reading() as db:
+            rows = [] if db is None else list(db["runs"].rows_where(
+                "run_id LIKE ? ESCAPE '\\'", [_like_prefix(run_ref)], limit=2))
+        if not rows:
+            raise UnknownRun(run_ref)
+        if len(rows) > 1:
+            raise UsageError(f"Run id {run_ref!r} matches more than one run; give more of it "
+                             "(see 'cachelab runs')")
+        return dict(json.loads(rows[0]["record"]))
+
+    def delete(self, run_ref: str) -> str:
+        """Delete one run; returns its full id."""
+        run_id = str(self.get(run_ref)["run_id"])
+        db = self._open()
+        try:
+            with db.conn:
+                db["runs"].delete(run_id)  # type: ignore[union-attr]
+        finally:
+            db.close()
+        return run_id
+
+    def prune(self, keep: int) -> int:
+        """Keep the ``keep`` newest runs of each exercise; returns how many were deleted."""
+        with self._reading() as db:
+            if db is None:
+                return 0
+            with db.conn:
+                return db.execute(
+                    "DELETE FROM runs WHERE rowid IN (SELECT rowid FROM (SELECT rowid, "
+                    "ROW_NUMBER() OVER (PARTITION BY exercise ORDER BY started_at DESC, "
+                    "rowid DESC) AS age FROM runs) WHERE age > ?)", [keep]).rowcount
+
+    def latest_per_exercise(self) -> list[dict[str, Any]]:
+        """The newest run of every exercise, in exercise order."""
+        latest: dict[str, dict[str, Any]] = {}
+        for record in self.runs():
+            latest[record["exercise"]] = record
+        return sorted(latest.values(), key=lambda r: int(r["exercise"].rsplit("-", 1)[1]))
+
+
+def _like_prefix(text: str) -> str:
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped + "%"
+
+
+class UnknownRun(UsageError):
+    """No saved run has that id."""
+
+    def __init__(self, run_ref: str) -> None:
+        super().__init__(f"No saved run {run_ref!r}. See 'cachelab runs' for the saved ones.")
