@@ -185,7 +185,7 @@ def access_log_path(option: str) -> Path:
 def run(
     lab: Lab,
     *,
-    requests: Annotated[int, Opt("Profile-page reads in the workload.", min=100)] = 3000,
+    requests: Annotated[int, Opt("Profile-page reads in the workload.", min=100)] = 2500,
     zipf_s: Annotated[float, Opt("Zipf exponent: higher means hotter hot pages.",
                                  min=0.5, max=5)] = 1.1,
     value_kb: Annotated[int, Opt("Size of a cached page, in KB.", min=1, max=256)] = 8,
