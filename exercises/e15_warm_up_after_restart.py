@@ -259,6 +259,10 @@ def run(
                  [[f"{i * window + 1}-{i * window + cold.requests[i]}",
                    *(s.window_ratio(i) for s in starts), *(s.db_reads[i] for s in starts)]
                   for i in range(len(cold.requests))])
+    result.chart("Hit ratio after the restart, by window", "from request",
+                 [i * window + 1 for i in range(len(cold.requests))],
+                 {s.name: [s.window_ratio(i) for i in range(len(cold.requests))]
+                  for s in starts})
     result.table("Restarts", ["start", "restart s", "keys at start", "start-up db reads",
                               "db reads after", "hit ratio after"],
                  [[cold.name, cold.restart_s, cold.keys_at_start, 0, sum(cold.db_reads),
