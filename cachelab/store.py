@@ -57,24 +57,34 @@ class ResultsStore:
             raise StoreError(f"cannot open the results store {self.path}: {exc}") from exc
 
     def _migrate(self, db: sqlite_utils.Database) -> None:
-        version = db.execute("PRAGMA user_version").fetchone()[0]
-        if version == SCHEMA_VERSION:
+        if db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
             return
+        # Two runs may open a new store at once: take the write lock, then look again.
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            self._upgrade(db, db.execute("PRAGMA user_version").fetchone()[0])
+            db.conn.commit()
+        except BaseException:
+            db.conn.rollback()
+            raise
+
+    def _upgrade(self, db: sqlite_utils.Database, version: int) -> None:
+        if version == SCHEMA_VERSION:
+            return  # another process upgraded it while we waited for the lock
         if version > SCHEMA_VERSION:
             raise StoreError(f"the results store {self.path} was written by a newer cachelab "
                              f"(layout {version}, this one reads {SCHEMA_VERSION}); upgrade "
                              "cachelab or use --results PATH")
-        with db.conn:  # 0 -> 1: create the table, or check the unversioned one
-            runs = db["runs"]
-            if runs.exists():
-                missing = set(_COLUMNS) - set(runs.columns_dict)
-                if missing:
-                    raise StoreError(f"the results store {self.path} has a runs table without "
-                                     f"{', '.join(sorted(missing))}; it is not a cachelab "
-                                     "store: use --results PATH")
-            else:
-                runs.create(_COLUMNS, pk="run_id")  # type: ignore[union-attr]
-            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        runs = db["runs"]  # 0 -> 1: create the table, or check the unversioned one
+        if runs.exists():
+            missing = set(_COLUMNS) - set(runs.columns_dict)
+            if missing:
+                raise StoreError(f"the results store {self.path} has a runs table without "
+                                 f"{', '.join(sorted(missing))}; it is not a cachelab "
+                                 "store: use --results PATH")
+        else:
+            runs.create(_COLUMNS, pk="run_id")  # type: ignore[union-attr]
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def save(self, record: dict[str, Any]) -> None:
         """Save one run (a Result dict as ``--json`` prints it) in a single transaction."""

@@ -64,6 +64,7 @@ def test_two_run_alls_in_parallel_both_pass_and_both_are_saved(tmp_path: Path) -
     outputs = [run.communicate(timeout=600) for run in runs]
     for run, (out, err) in zip(runs, outputs, strict=True):
         assert run.returncode == 0, err
+        assert "not saved" not in err
         assert all(record["verdict"] == "pass" for record in json.loads(out))
     ids = [{r["run_id"] for r in json.loads(out)} for out, _ in outputs]
     saved = {r["run_id"] for r in ResultsStore(tmp_path / "home" / "results.db").runs()}
