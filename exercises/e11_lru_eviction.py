@@ -47,9 +47,10 @@ INFO = ExerciseInfo(
     walkthrough=(
         "Measure how many keys fit: write keys into a Redis with a small maxmemory until "
         "INFO counts the first eviction, and read the memory per key from INFO.",
-        "Start one Redis per policy and play the same stream on each: write a hot set "
-        "(no TTL) and cold keys (TTLs) until full, then, once a second (Redis's LRU clock "
-        "ticks in seconds), read every hot key and write a new batch of cold keys.",
+        "Start one Redis per policy and play the same stream on each, one round a second "
+        "(Redis's LRU clock ticks in seconds): cold keys with TTLs until nearly full, then "
+        "a hot set without TTLs, then rounds that read every hot key and write a new "
+        "batch of cold keys among more hot reads.",
         "Freeze each cache (lift maxmemory, so looking cannot evict) and count the hot "
         "and cold keys left, Redis's evicted_keys and the writes refused with OOM.",
         "Repeat Redis's LRU experiment with maxmemory-samples 5 and 10: N keys with "
@@ -73,7 +74,8 @@ DEFAULT_POLICIES = ("allkeys-lru,allkeys-lfu,allkeys-random,volatile-lru,volatil
                     "noeviction")
 REQUIRED = ("allkeys-lru", "allkeys-random", "noeviction")  # the checks compare these
 HOT_SURVIVAL_NEEDED = 0.95
-PREFILL_SHARE = 0.95  # of the room left by the hot set: round 0 stops just short of full
+PREFILL_SHARE = 0.95  # of the room beside the hot set: round 0 stops just short of full
+REPLY_BUDGET_BYTES = 64 * 1024  # per pipelined batch: Redis buffers the replies in maxmemory
 COLD_TTL_S = (600, 3600)  # long enough that nothing expires during the run
 
 
@@ -106,12 +108,13 @@ class PolicyRun:
 
 def build_stream(rng: random.Random, *, capacity: int, hot_share: float,
                  turnover: float) -> Stream:
-    """Round 0 writes the hot set and cold keys to just short of full; each later round
-    reads every hot key, then mixes more hot reads with a batch of new cold keys.
+    """Cold keys to just short of full; one second later the hot set; then, each second,
+    a read of every hot key followed by more hot reads mixed with a batch of cold keys.
 
-    A batch is half the room outside the hot set, so the cache always holds cold keys
-    from an earlier second than the hot keys' last read: exact-enough LRU can tell
-    them apart at its one-second resolution.
+    Redis's LRU clock counts seconds, so keys written in the same second tie. The hot
+    set is written a second after the first cold keys, and every later round reads it
+    before writing; a batch is half the room beside the hot set, so the cache always
+    holds cold keys older than the hot keys' last read for LRU to evict first.
     """
     hot = [f"hot:{i}" for i in range(max(1, round(hot_share * capacity)))]
     room = max(2, capacity - len(hot))
@@ -119,8 +122,8 @@ def build_stream(rng: random.Random, *, capacity: int, hot_share: float,
     cold = [f"cold:{i}" for i in range(total_cold)]
     cold_ttl_s = {key: rng.randint(*COLD_TTL_S) for key in cold}
     prefill = min(total_cold, int(PREFILL_SHARE * room))
-    rounds: list[list[Op]] = [[("set", key, 0) for key in hot]
-                              + [("set", key, cold_ttl_s[key]) for key in cold[:prefill]]]
+    rounds: list[list[Op]] = [[("set", key, cold_ttl_s[key]) for key in cold[:prefill]],
+                              [("set", key, 0) for key in hot]]
     batch = max(1, room // 2)
     for start in range(prefill, total_cold, batch):
         first_pass = rng.sample(hot, len(hot))
@@ -135,6 +138,8 @@ def play_stream(lab: Lab, runs: list[PolicyRun], stream: Stream, value: str) -> 
     """Play every round on every server, each round after that server's LRU clock ticked."""
     from cachelab.caching.eviction import apply_ops, lru_clock, stat, wait_for_lru_tick
 
+    # Replies to a batch of GETs wait in Redis's memory until sent, and evict like data.
+    batch = max(1, min(32, REPLY_BUDGET_BYTES // len(value)))
     progress: dict[str, object] = {"round": 0, "of": len(stream.rounds)}
     with lab.live("Eviction under maxmemory", lambda: dict(progress)):
         for number, ops in enumerate(lab.track(stream.rounds, "rounds, one LRU tick apart",
@@ -142,7 +147,7 @@ def play_stream(lab: Lab, runs: list[PolicyRun], stream: Stream, value: str) -> 
             for run in runs:
                 if number:
                     wait_for_lru_tick(run.client, run.clock)
-                apply_ops(run.client, ops, value, run.counts)
+                apply_ops(run.client, ops, value, run.counts, batch=batch)
                 run.clock = lru_clock(run.client)
                 progress[f"evicted ({run.policy})"] = stat(run.client, "evicted_keys")
             progress["round"] = number + 1
@@ -178,9 +183,9 @@ def run(
                                       min=100, max=200_000)] = 1000,
     sampling_repeats: Annotated[int, Opt("Seeded repetitions of the sampling experiment.",
                                          min=1, max=50)] = 3,
-    trace_requests: Annotated[int, Opt("Requests in the trace replayed through Redis and "
-                                       "the simulator.", min=1000,
-                                       max=5_000_000)] = 20_000,
+    trace_length: Annotated[float, Opt("Requests in the trace replayed through Redis and "
+                                       "the simulator, as a multiple of the keys that fit.",
+                                       min=1, max=1000)] = 7.0,
     trace_keys: Annotated[float, Opt("Distinct keys in the trace, as a multiple of the keys "
                                      "that fit.", min=1.5, max=100)] = 3.0,
     zipf_s: Annotated[float, Opt("Zipf exponent of the trace: higher means hotter hot keys.",
@@ -284,7 +289,7 @@ def run(
     # 4. One trace through real Redis and through the exact policies, same capacity.
     universe = max(2, round(trace_keys * capacity.keys))
     next_key = key_sampler(universe, "zipf", zipf_s=zipf_s, rng=lab.rng("trace"))
-    trace = [next_key() for _ in range(trace_requests)]
+    trace = [next_key() for _ in range(max(1, round(trace_length * capacity.keys)))]
     trace_client = lab.redis("trace-lru", maxmemory=str(maxmemory),
                              maxmemory_policy="allkeys-lru")
     before = keyspace_counters(trace_client)
@@ -298,7 +303,7 @@ def run(
                                                         lab.rng("random-eviction")))}
     labels = {"lru": "exact LRU", "lfu": "LFU", "fifo": "FIFO", "sieve": "SIEVE",
               "random": "random"}
-    result.table(f"Miss ratio on one trace ({trace_requests} requests over {universe} keys, "
+    result.table(f"Miss ratio on one trace ({len(trace)} requests over {universe} keys, "
                  f"Zipf s={zipf_s:g}, capacity {trace_capacity} keys)",
                  ["policy", "where", "misses", "miss ratio"],
                  [["allkeys-lru", "Redis", redis_replay.misses, redis_replay.miss_ratio]]
@@ -385,7 +390,7 @@ def run(
         result.note("LFU and SIEVE missed exactly as often here: both evict a key not read "
                     "since it was cached, oldest first, and the long tail of a Zipf trace "
                     "always leaves such keys in the cache. They part once SIEVE's hand has "
-                    "swept the whole cache: try --trace-requests 200000 --trace-keys 1.5 "
+                    "swept the whole cache: try --trace-length 70 --trace-keys 1.5 "
                     "--zipf-s 0.6.")
     result.note("Try --hot-share 0.4 (a hot set nearly as large as the cache), "
                 "--policies with volatile-lfu or volatile-random, or a flatter trace with "
