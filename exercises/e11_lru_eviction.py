@@ -190,6 +190,9 @@ def run(
                                      "that fit.", min=1.5, max=100)] = 3.0,
     zipf_s: Annotated[float, Opt("Zipf exponent of the trace: higher means hotter hot keys.",
                                  min=0.1, max=5)] = 0.9,
+    trace_seconds: Annotated[float, Opt("Spread the trace's replay through Redis over this "
+                                        "many seconds (0: as fast as it goes).", min=0,
+                                        max=3600)] = 0.0,
 ) -> Result:
     from cachelab.caching.eviction import (
         OpCounts,
@@ -293,7 +296,8 @@ def run(
     trace_client = lab.redis("trace-lru", maxmemory=str(maxmemory),
                              maxmemory_policy="allkeys-lru")
     before = keyspace_counters(trace_client)
-    redis_replay = replay_cache_aside(trace_client, trace, value_bytes=value_bytes)
+    redis_replay = replay_cache_aside(trace_client, trace, value_bytes=value_bytes,
+                                      spread_s=trace_seconds)
     seen = counter_delta(before, keyspace_counters(trace_client))
     # The simulator gets the capacity Redis had: the keys it held while evicting.
     trace_capacity = redis_replay.capacity_keys or capacity.keys
@@ -380,10 +384,12 @@ def run(
     result.note(f"Each key costs about {capacity.bytes_per_key:.0f} bytes of maxmemory for a "
                 f"{value_bytes}-byte value; {capacity.keys} fit in "
                 f"{maxmemory_mb:g} MB.")
+    pace = (f"spread over {trace_seconds:g}s" if trace_seconds else
+            "at thousands of requests a second (try --trace-seconds 10 to spread it)")
     result.note(f"Redis's LRU clock counts seconds: keys touched in the same second look "
-                f"equally old to it, and the trace ran at thousands of requests a second: "
-                f"compare Redis's miss ratio there ({redis_replay.miss_ratio:.3f}) with "
-                f"exact LRU's ({simulated['lru'].miss_ratio:.3f}) and random eviction's "
+                f"equally old to it. The trace ran {pace}: compare Redis's miss ratio "
+                f"({redis_replay.miss_ratio:.3f}) with exact LRU's "
+                f"({simulated['lru'].miss_ratio:.3f}) and random eviction's "
                 f"({simulated['random'].miss_ratio:.3f}). The LRU experiment gives keys "
                 f"distinct ages, to measure the sampling alone.")
     if simulated["lfu"].misses == simulated["sieve"].misses:

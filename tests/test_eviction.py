@@ -118,6 +118,14 @@ def test_replay_cache_aside_counts_like_redis(lab: Lab) -> None:
     assert replay.evicted == [0, 0] and replay.capacity_keys is None
 
 
+def test_replay_can_be_spread_over_time(lab: Lab) -> None:
+    client = lab.redis()
+    started = lru_clock(client)
+    replay = replay_cache_aside(client, [1, 2, 3, 1], value_bytes=10, batch=1, spread_s=2.0)
+    # The last batch starts 1.5s after the first: Redis's LRU clock has moved on.
+    assert replay.hits == 1 and lru_clock(client) != started
+
+
 def test_replay_under_maxmemory_evicts(lab: Lab) -> None:
     client = lab.redis(maxmemory="2mb", maxmemory_policy="allkeys-lru")
     replay = replay_cache_aside(client, list(range(3000)), value_bytes=1000)
