@@ -93,7 +93,7 @@ def freeze(client: redis.Redis) -> None:
 class Capacity:
     """How many keys of one size fit under ``maxmemory``, measured by filling."""
 
-    keys: int  # keys held when the first eviction happened
+    keys: int  # keys held at the end of the batch in which evictions began
     written: int
     maxmemory: int
     used_memory_empty: int
@@ -110,7 +110,8 @@ def measure_capacity(client: redis.Redis, value: str, *, prefix: str = "fill:",
                      ) -> Capacity:
     """Write keys of ``value`` in batches until Redis evicts one; count what it holds.
 
-    The server must run an eviction policy (allkeys-*, or volatile-* with ``ttl_s``).
+    The server must run an eviction policy (allkeys-*, or volatile-* with ``ttl_s``);
+    under noeviction the first refused write raises ``OutOfMemoryError``.
     """
     maxmemory = int(client.config_get("maxmemory").get("maxmemory") or 0)
     if maxmemory <= 0:
@@ -125,7 +126,6 @@ def measure_capacity(client: redis.Redis, value: str, *, prefix: str = "fill:",
             pipe.set(f"{prefix}{i}", value, ex=ttl_s or None)
         pipe.execute()
         written += batch
-    # Read the memory first: DBSIZE and INFO replies are small, the keys are not.
     full = stat(client, "used_memory", "memory")
     return Capacity(keys=int(client.dbsize()), written=written, maxmemory=maxmemory,
                     used_memory_empty=empty, used_memory_full=full)
@@ -227,15 +227,18 @@ class SamplingTrial:
         return both / self.evicted if self.evicted else 1.0
 
     def kept_by_age(self, parts: int = 4) -> list[float]:
-        """Share kept in each of ``parts`` age groups of the first N keys, then the new ones."""
-        groups = [self.kept[self.keys * i // parts:self.keys * (i + 1) // parts]
-                  for i in range(parts)] + [self.kept[self.keys:]]
-        return [sum(g) / len(g) if g else 0.0 for g in groups]
+        """Share Redis kept in each of ``parts`` age groups of the N keys (oldest first),
+        then of the new keys."""
+        return self._by_age(self.kept, parts)
 
     def exact_kept_by_age(self, parts: int = 4) -> list[float]:
-        exact = SamplingTrial(self.samples, self.keys, self.added, self.exact_kept,
-                              self.exact_kept, self.evicted_keys)
-        return exact.kept_by_age(parts)
+        """The same shares for exact LRU."""
+        return self._by_age(self.exact_kept, parts)
+
+    def _by_age(self, kept: list[bool], parts: int) -> list[float]:
+        n = self.keys
+        groups = [kept[n * i // parts:n * (i + 1) // parts] for i in range(parts)] + [kept[n:]]
+        return [sum(g) / len(g) if g else 0.0 for g in groups]
 
 
 def lru_sampling_trial(client: redis.Redis, *, samples: int, keys: int, value_bytes: int,
@@ -249,7 +252,8 @@ def lru_sampling_trial(client: redis.Redis, *, samples: int, keys: int, value_by
 
     Redis's LRU clock has one-second steps, so reading N keys in order within a second
     would give them all the same age. ``RESTORE ... IDLETIME s`` sets a key's last
-    access ``s`` seconds back instead: key i is written as read N - i seconds ago.
+    access ``s`` seconds back instead: key i (from 0) is written as read N + 1 - i
+    seconds ago, so even the newest is older than the keys added after it.
     ``client`` must not decode responses (DUMP payloads are bytes); the server is
     flushed first.
     """
@@ -304,7 +308,7 @@ return 0
 
 @dataclass
 class TraceReplay:
-    """A trace replayed through Redis: the hits and misses each request saw."""
+    """A trace replayed through Redis: its hits, and how full Redis was along the way."""
 
     requests: int = 0
     hits: int = 0
