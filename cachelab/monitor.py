@@ -20,8 +20,8 @@ import errno
 import json
 import threading
 import time
-from collections import OrderedDict, deque
-from collections.abc import Hashable, Iterable, Sequence
+from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -120,24 +120,6 @@ def hit_ratio_by_slice(accesses: Sequence[Access], slices: int) -> list[tuple[in
     bounds = sorted({len(accesses) * i // slices for i in range(slices)} | {len(accesses)})
     return [(start, ratio(sum(a.hit for a in accesses[start:end]), end - start))
             for start, end in zip(bounds, bounds[1:], strict=False)]
-
-
-def lru_hits(keys: Iterable[Hashable], capacity: int) -> int:
-    """Hits of an exact LRU cache holding ``capacity`` keys, replaying ``keys`` in order.
-
-    The reference against which Redis's sampled, approximate LRU can be compared.
-    """
-    cache: OrderedDict[Hashable, None] = OrderedDict()
-    hits = 0
-    for key in keys:
-        if key in cache:
-            hits += 1
-            cache.move_to_end(key)
-        elif capacity > 0:
-            cache[key] = None
-            if len(cache) > capacity:
-                cache.popitem(last=False)
-    return hits
 
 
 class AccessCounters:

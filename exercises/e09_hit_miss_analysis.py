@@ -38,10 +38,11 @@ from cachelab.monitor import (
     MonitoredCache,
     PrometheusExporter,
     hit_ratio_by_slice,
-    lru_hits,
     read_access_log,
     scrape_totals,
 )
+from cachelab.simulate import LRU
+from cachelab.simulate import replay as simulate
 
 if TYPE_CHECKING:
     from cachelab.fixtures.shop import ShopDatabase
@@ -163,7 +164,8 @@ def replay(lab: Lab, name: str, maxmemory_mb: float, policy: str, trace: list[in
         server.stop()  # the Lab would stop it at the end; no need to keep it until then
     return SweepPoint(maxmemory_mb, cache.stats.hits, cache.stats.misses,
                       seen["keyspace_hits"], seen["keyspace_misses"], held, empty_used_mb,
-                      seen["evicted_keys"], refused, lru_hits(trace, held))
+                      seen["evicted_keys"], refused,
+                      simulate(trace, LRU(held)).hits if held else 0)
 
 
 def redis_size(mb: float) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import random
 import socket
 import threading
 import time
@@ -20,7 +19,7 @@ from cachelab.caching import CacheAside
 from cachelab.cli import app
 from cachelab.errors import UsageError
 from cachelab.lab import Lab
-from cachelab.measure import counter_delta, key_sampler, keyspace_counters
+from cachelab.measure import counter_delta, keyspace_counters
 from cachelab.monitor import (
     Access,
     AccessCounters,
@@ -30,7 +29,6 @@ from cachelab.monitor import (
     MonitoredCache,
     PrometheusExporter,
     hit_ratio_by_slice,
-    lru_hits,
     read_access_log,
     scrape_totals,
 )
@@ -89,27 +87,6 @@ def test_hit_ratio_by_slice_covers_every_access_once() -> None:
     assert [start for start, _ in slices] == [0, 3, 6]
     assert [round(r, 3) for _, r in slices] == [0.0, 0.667, 1.0]
     assert hit_ratio_by_slice([], 3) == []
-
-
-def test_lru_hits_by_hand() -> None:
-    # 1 2 3 miss; 1 hits; 4 evicts 2; 2 misses and evicts 3; 1 hits; 3 misses.
-    assert lru_hits([1, 2, 3, 1, 4, 2, 1, 3], capacity=3) == 2
-    assert lru_hits([1, 1, 1], capacity=0) == 0
-
-
-def test_lru_hits_agree_with_libcachesim() -> None:
-    """Cross-check the exact LRU against libcachesim's on a seeded Zipf trace."""
-    libcachesim = pytest.importorskip("libcachesim")
-    next_key = key_sampler(500, "zipf", zipf_s=1.0, rng=random.Random(3))
-    trace = [next_key() for _ in range(5000)]
-    for capacity in (10, 50, 200):
-        reference = libcachesim.LRU(cache_size=capacity)
-        hits = 0
-        for key in trace:
-            request = libcachesim.Request()
-            request.obj_id, request.obj_size = key, 1
-            hits += bool(reference.get(request))
-        assert lru_hits(trace, capacity) == hits
 
 
 def test_counters_snapshot_shows_totals_and_a_trend() -> None:

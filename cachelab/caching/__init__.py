@@ -2,6 +2,12 @@
 
 from cachelab.caching.cache_aside import CacheAside, CacheStats
 from cachelab.caching.eager import WriteOutcome, WriteThrough, WriteThroughStats, preload
+from cachelab.caching.eviction import (
+    EVICTION_POLICIES,
+    lru_sampling_trial,
+    measure_capacity,
+    replay_cache_aside,
+)
 from cachelab.caching.outbox import CommentCache, ListenerProcess, OutboxListener, install_outbox
 from cachelab.caching.query_cache import QueryCache, normalise_sql, query_key
 from cachelab.caching.rate_limit import SlidingWindowLimiter
@@ -10,6 +16,7 @@ from cachelab.caching.warming import LockedCache, StreamWatcher, Warmer, XFetchC
 from cachelab.caching.warmup import AccessRecorder, TopKWarmer, lfu_top, topk_overlap
 
 __all__ = [
+    "EVICTION_POLICIES", "lru_sampling_trial", "measure_capacity", "replay_cache_aside",
     "AccessRecorder", "CacheAside", "CacheStats", "CommentCache", "ListenerProcess",
     "LockedCache", "OutboxListener", "QueryCache", "ShardRing", "SlidingWindowLimiter",
     "StreamWatcher", "TopKWarmer", "Warmer",
