@@ -107,13 +107,13 @@ def print_record(console: Console, record: dict[str, Any]) -> None:
 def summary_table(records: Sequence[dict[str, Any]], headlines: Sequence[str]) -> Table:
     """One row per run of ``run all``: verdict, duration and the headline metric."""
     table = Table(title="Summary", title_justify="left", box=box.SIMPLE_HEAD, title_style="bold")
-    for column in ("exercise", "slug", "verdict", "duration", "headline metric"):
+    for column in ("exercise", "verdict", "duration", "headline metric"):
         table.add_column(column, overflow="fold")  # long names wrap, never lose letters
     table.add_column("value", justify="right")
     for record, headline in zip(records, headlines, strict=True):
         verdict = record["verdict"]
         value = record["metrics"].get(headline)
-        table.add_row(record["exercise"], record["slug"],
+        table.add_row(record["exercise"],
                       Text(verdict, "green" if verdict == "pass" else "bold red"),
                       f"{record['duration_s']:.1f}s", headline,
                       fmt(value) if value is not None else "")
