@@ -38,6 +38,7 @@ from cachelab.caching.service import (
     data_key,
     drops_key,
     log_key,
+    stop_all,
 )
 from cachelab.exercise import ExerciseInfo, Opt, Result
 from cachelab.measure import LATENCY_COLUMNS, LatencyHistogram, key_sampler, latency_row
@@ -262,6 +263,7 @@ def start_fleet(lab: Lab, client: redis.Redis, port: int, services: int) -> list
                                  log_path=lab.workdir / f"svc-{i}.log")
         lab.callback(service.stop)
         fleet.append(service.launch())
+    lab.callback(lambda: stop_all(fleet))  # runs before the callbacks above
     for service in fleet:
         service.wait_ready()
     return fleet

@@ -144,13 +144,18 @@ def write_and_publish(client: redis.Redis, bus: Bus, key: str, value: str,
     """Write ``key`` and announce it on ``bus``, in one MULTI/EXEC: both happen or neither.
 
     With ``tracking`` and ``none`` there is nothing to announce (Redis does it, or
-    nobody does); pass the tracking connection itself for ``tracking``.
+    nobody does): a plain SET. Pass the tracking connection itself for ``tracking``;
+    outside MULTI, because Redis defers the invalidations of a transaction and then
+    sends them to the writer too, NOLOOP or not.
     """
+    if bus not in ("pubsub", "stream"):
+        client.set(key, value)
+        return
     pipe = client.pipeline(transaction=True)
     pipe.set(key, value)
     if bus == "pubsub":
         pipe.publish(CHANNEL, invalidation.to_json())
-    elif bus == "stream":
+    else:
         pipe.xadd(STREAM, invalidation.to_fields(),  # type: ignore[arg-type]
                   maxlen=STREAM_MAXLEN, approximate=True)
     pipe.execute()
@@ -212,9 +217,10 @@ class Subscriber:
             raise TimeoutError(f"{self.name} did not {'connect' if connected else 'disconnect'} "
                                f"within {timeout_s:g}s")
 
-    def stop(self) -> None:
+    def stop(self, wait: bool = True) -> None:
+        """Stop the thread (it closes its connection); ``wait=False`` only asks."""
         self._stop.set()
-        if self._thread.is_alive():
+        if wait and self._thread.is_alive():
             self._thread.join()
 
     def _set_open(self, value: bool) -> None:

@@ -117,6 +117,8 @@ class Service:
         self._retrack()
 
     def stop(self) -> None:
+        for subscriber in self.subscribers.values():  # all at once, then wait for each
+            subscriber.stop(wait=False)
         for subscriber in self.subscribers.values():
             subscriber.stop()
         self.tracked.close()
@@ -337,6 +339,11 @@ class ServiceProcess:
                 process.wait()
         _LIVE.discard(process)
 
+    def terminate(self) -> None:
+        """Ask it to stop (SIGTERM) without waiting: :meth:`stop` then waits."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.terminate()
+
     def __enter__(self) -> ServiceProcess:
         try:
             return self.launch().wait_ready()
@@ -347,6 +354,14 @@ class ServiceProcess:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.stop()
+
+
+def stop_all(services: Sequence[ServiceProcess]) -> None:
+    """Stop several services in parallel: SIGTERM to all, then wait for each."""
+    for service in services:
+        service.terminate()
+    for service in services:
+        service.stop()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
