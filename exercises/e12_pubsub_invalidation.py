@@ -166,7 +166,8 @@ class Driver:
         keys = [data_key(bus, item) for item in items]
         sent = [(service, service.send("read", bus=bus, keys=keys)) for service in readers]
         replies = [service.receive(command_id) for service, command_id in sent]
-        truth = [json.loads(value)["version"] for value in self.client.mget(keys)]  # type: ignore[union-attr]
+        values: list[Any] = self.client.mget(keys)
+        truth = [json.loads(value)["version"] for value in values]
         stale = sum(served is None or served < now
                     for reply in replies
                     for served, now in zip(reply["versions"], truth, strict=True))
@@ -178,8 +179,9 @@ class Driver:
     def logged(self, bus: Bus, name: str) -> list[tuple[int, str, int]]:
         """``(seq, key, drop ns)`` of every invalidation ``name`` handled on ``bus``."""
         entries = []
-        for line in self.client.lrange(log_key(bus, name), 0, -1):  # type: ignore[union-attr]
-            seq, key, drop_ns = line.split()
+        lines: list[Any] = self.client.lrange(log_key(bus, name), 0, -1)
+        for line in lines:
+            seq, key, drop_ns = str(line).split()
             entries.append((int(seq), key, int(drop_ns)))
         return entries
 

@@ -164,7 +164,7 @@ def write_and_publish(client: redis.Redis, bus: Bus, key: str, value: str,
 def stream_tail(client: redis.Redis) -> str:
     """The id of the stream's last entry, ``0-0`` when empty: where a new reader starts."""
     last = client.xrevrange(STREAM, count=1)
-    return str(last[0][0]) if last else "0-0"  # type: ignore[index]
+    return str(last[0][0]) if last else "0-0"
 
 
 class Subscriber:
@@ -334,9 +334,9 @@ class StreamSubscriber(Subscriber):
 
     def _poll(self) -> None:
         assert self._client is not None
-        reply = self._client.xread({STREAM: self.offset}, count=self.batch,
-                                   block=max(1, int(self.poll_s * 1000)))
-        for _stream, entries in reply or []:  # type: ignore[union-attr]
+        reply: Any = self._client.xread({STREAM: self.offset}, count=self.batch,
+                                        block=max(1, int(self.poll_s * 1000)))
+        for _stream, entries in reply or []:
             for entry_id, fields in entries:
                 self.on_message(Invalidation.from_fields(fields))
                 self.offset = entry_id

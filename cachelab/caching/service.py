@@ -102,12 +102,14 @@ class Service:
         self.caches: dict[Bus, LocalCache] = {bus: LocalCache() for bus in BUSES}
         self.tracking = TrackingSubscriber(connection_name(name, "tracking"), factory,
                                            self._on_tracking)
+        # A new reader starts at the stream's end: older entries concern no cache of its.
+        self.stream = StreamSubscriber(connection_name(name, "stream"), factory,
+                                       lambda inv: self._on_message("stream", inv),
+                                       offset=stream_tail(self.client))
         self.subscribers: dict[Bus, Subscriber] = {
             "pubsub": PubSubSubscriber(connection_name(name, "pubsub"), factory,
                                        lambda inv: self._on_message("pubsub", inv)),
-            "stream": StreamSubscriber(connection_name(name, "stream"), factory,
-                                       lambda inv: self._on_message("stream", inv),
-                                       offset=stream_tail(self.client)),
+            "stream": self.stream,
             "tracking": self.tracking,
         }
 
@@ -168,7 +170,7 @@ class Service:
     def update(self, bus: Bus, key: str, seq: int, bio: str) -> dict[str, Any]:
         """Write a new version of ``key``, drop the own copy, announce it on the bus."""
         connection = self._connection(bus)
-        current = json.loads(connection.get(key) or "{}")  # type: ignore[arg-type]
+        current = json.loads(connection.get(key) or "{}")
         value = {**current, "bio": bio, "version": int(current.get("version", 0)) + 1}
         self.caches[bus].drop(key)
         publish_ns = time.time_ns()
@@ -187,14 +189,14 @@ class Service:
 
     def stats(self) -> dict[str, Any]:
         return {"caches": {bus: cache.stats() for bus, cache in self.caches.items()},
-                "offset": self.subscribers["stream"].offset}  # type: ignore[attr-defined]
+                "offset": self.stream.offset}
 
     def handle(self, command: dict[str, Any]) -> dict[str, Any]:
         args = {k: v for k, v in command.items() if k not in ("op", "id")}
-        handler: Callable[..., dict[str, Any]] = {
+        handlers: dict[str, Callable[..., dict[str, Any]]] = {
             "read": self.read, "update": self.update, "disconnect": self.disconnect,
-            "connect": self.connect, "stats": self.stats}[command["op"]]
-        return handler(**args)
+            "connect": self.connect, "stats": self.stats}
+        return handlers[command["op"]](**args)
 
     def serve(self, should_stop: Callable[[], bool]) -> None:
         """Answer commands until ``should_stop()``; an error is answered, not fatal."""
@@ -203,7 +205,7 @@ class Service:
             popped = self.client.blpop([command_key(self.name)], timeout=0.1)
             if not popped:
                 continue
-            command = json.loads(popped[1])  # type: ignore[index]
+            command = json.loads(popped[1])
             try:
                 reply = {"id": command["id"], **self.handle(command)}
             except Exception as exc:  # the lab raises it on its side
@@ -314,7 +316,7 @@ class ServiceProcess:
             code = self.returncode
             state = "is not running" if code is not None else "did not answer"
             raise ServiceError(self._failure(f"{state} within {self.reply_timeout_s:g}s"))
-        reply: dict[str, Any] = json.loads(popped[1])  # type: ignore[index]
+        reply: dict[str, Any] = json.loads(popped[1])
         if reply.get("id") != command_id:
             raise ServiceError(f"service {self.name}: reply {reply.get('id')} to "
                                f"command {command_id}")
