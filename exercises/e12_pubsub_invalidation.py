@@ -223,7 +223,7 @@ def play(lab: Lab, driver: Driver, bus: Bus, steps: list[Step], away_steps: list
     if bus != "tracking":
         # A fence: once the reconnected service dropped a later update, it has handled
         # everything its bus was going to give it (both deliver in order).
-        fence = next(i for i in range(1, n_keys + 1) if i not in changed)
+        fence = next((i for i in range(1, n_keys + 1) if i not in changed), changed[0])
         fence_update = driver.update(bus, others[0], fence)
         outcome.late += 1 - len(driver.await_drops(bus, fence_update, [away.name]))
     handled = driver.logged(bus, away.name)
