@@ -1,0 +1,402 @@
+"""A service process with in-process caches, driven through Redis by the lab.
+
+Each service (``python -m cachelab.caching.service``) is its own OS process in front of
+the shared Redis, with one :class:`LocalCache` per bus (``none``, ``pubsub``,
+``stream``, ``tracking``) and a subscriber for each bus that has one. It takes
+commands from its list ``svc:<name>:cmd`` and answers on ``svc:<name>:replies``, so
+the lab drives reads and writes and every measurement is taken by the process that
+sees it. Every invalidation it handles is recorded in Redis: the drop time (wall
+clock, the same clock the writer stamped the message with) per key, and a log line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from cachelab.caching.invalidation import (
+    BUSES,
+    Bus,
+    Invalidation,
+    LocalCache,
+    PubSubSubscriber,
+    StreamSubscriber,
+    Subscriber,
+    TrackingSubscriber,
+    stream_tail,
+    write_and_publish,
+)
+from cachelab.errors import ServerStartError
+from cachelab.fixtures.spawn import spawn
+
+if TYPE_CHECKING:
+    import redis
+
+
+def command_key(name: str) -> str:
+    return f"svc:{name}:cmd"
+
+
+def reply_key(name: str) -> str:
+    return f"svc:{name}:replies"
+
+
+def ready_key(name: str) -> str:
+    return f"svc:{name}:ready"
+
+
+def drops_key(bus: Bus, name: str) -> str:
+    """Hash: key -> wall-clock ns when ``name`` last dropped it on ``bus``."""
+    return f"inval:{bus}:drops:{name}"
+
+
+def log_key(bus: Bus, name: str) -> str:
+    """List of ``<seq> <key> <drop ns>`` per invalidation ``name`` handled (seq -1: tracking)."""
+    return f"inval:{bus}:log:{name}"
+
+
+def data_key(bus: Bus, item: int | str) -> str:
+    """Each bus has its own copy of the data, so that its measurements stand alone."""
+    return f"{bus}:profile:{item}"
+
+
+def connection_name(service: str, bus: Bus) -> str:
+    """The ``CLIENT SETNAME`` of a service's subscriber connection on ``bus``."""
+    return f"{service}-{bus}"
+
+
+class Service:
+    """The service itself: caches, subscribers and the command handlers.
+
+    Args:
+        name: the service's name, e.g. ``svc-1``.
+        port: the shared Redis on 127.0.0.1.
+    """
+
+    def __init__(self, name: str, port: int) -> None:
+        import redis
+
+        self.name = name
+
+        def factory(client_name: str) -> redis.Redis:
+            return redis.Redis(host="127.0.0.1", port=port, decode_responses=True,
+                               client_name=client_name, protocol=2)
+
+        self.client = factory(f"{name}-main")
+        # Reads and writes of the tracking cache go through this one tracked connection
+        # (tracking is a property of a connection, not of a client's pool).
+        self.tracked = redis.Redis(host="127.0.0.1", port=port, decode_responses=True,
+                                   client_name=f"{name}-tracked", protocol=2,
+                                   single_connection_client=True)
+        self.caches: dict[Bus, LocalCache] = {bus: LocalCache() for bus in BUSES}
+        self.tracking = TrackingSubscriber(connection_name(name, "tracking"), factory,
+                                           self._on_tracking)
+        # A new reader starts at the stream's end: older entries concern no cache of its.
+        self.stream = StreamSubscriber(connection_name(name, "stream"), factory,
+                                       lambda inv: self._on_message("stream", inv),
+                                       offset=stream_tail(self.client))
+        self.subscribers: dict[Bus, Subscriber] = {
+            "pubsub": PubSubSubscriber(connection_name(name, "pubsub"), factory,
+                                       lambda inv: self._on_message("pubsub", inv)),
+            "stream": self.stream,
+            "tracking": self.tracking,
+        }
+
+    def start(self) -> None:
+        for subscriber in self.subscribers.values():
+            subscriber.start()
+        self._retrack()
+
+    def stop(self) -> None:
+        for subscriber in self.subscribers.values():  # all at once, then wait for each
+            subscriber.stop(wait=False)
+        for subscriber in self.subscribers.values():
+            subscriber.stop()
+        self.tracked.close()
+        self.client.close()
+
+    def _retrack(self) -> int:
+        """Point tracking at the (new) redirect connection and flush what may be stale."""
+        self.tracking.track(self.tracked)
+        return self.caches["tracking"].clear()
+
+    def _record(self, bus: Bus, key: str, seq: int) -> None:
+        drop_ns = time.time_ns()
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hset(drops_key(bus, self.name), key, drop_ns)
+        pipe.rpush(log_key(bus, self.name), f"{seq} {key} {drop_ns}")
+        pipe.execute()
+
+    def _on_message(self, bus: Bus, invalidation: Invalidation) -> None:
+        if invalidation.origin == self.name:  # the writer dropped its own copy already
+            return
+        self.caches[bus].drop(invalidation.key)
+        self._record(bus, invalidation.key, invalidation.seq)
+
+    def _on_tracking(self, keys: list[str] | None) -> None:
+        if keys is None:
+            self.caches["tracking"].clear()
+            return
+        for key in keys:
+            self.caches["tracking"].drop(key)
+            self._record("tracking", key, -1)
+
+    def _connection(self, bus: Bus) -> redis.Redis:
+        return self.tracked if bus == "tracking" else self.client
+
+    # Commands: each takes the command's fields and returns the reply's.
+
+    def read(self, bus: Bus, keys: list[str]) -> dict[str, Any]:
+        """Read through the bus's cache; returns each key's version and whether it hit."""
+        load = self._connection(bus).get
+        versions, hits = [], []
+        for key in keys:
+            value, hit = self.caches[bus].get(key, load)  # type: ignore[arg-type]
+            versions.append(None if value is None else json.loads(value)["version"])
+            hits.append(hit)
+        return {"versions": versions, "hits": hits}
+
+    def update(self, bus: Bus, key: str, seq: int, bio: str) -> dict[str, Any]:
+        """Write a new version of ``key``, drop the own copy, announce it on the bus."""
+        connection = self._connection(bus)
+        current = json.loads(connection.get(key) or "{}")
+        value = {**current, "bio": bio, "version": int(current.get("version", 0)) + 1}
+        self.caches[bus].drop(key)
+        publish_ns = time.time_ns()
+        write_and_publish(connection, bus, key, json.dumps(value),
+                          Invalidation(key, seq, self.name, publish_ns))
+        return {"publish_ns": publish_ns, "version": value["version"]}
+
+    def disconnect(self, bus: Bus) -> dict[str, Any]:
+        self.subscribers[bus].set_connected(False)
+        return {}
+
+    def connect(self, bus: Bus) -> dict[str, Any]:
+        self.subscribers[bus].set_connected(True)
+        flushed = self._retrack() if bus == "tracking" else 0
+        return {"flushed": flushed}
+
+    def stats(self) -> dict[str, Any]:
+        return {"caches": {bus: cache.stats() for bus, cache in self.caches.items()},
+                "offset": self.stream.offset}
+
+    def handle(self, command: dict[str, Any]) -> dict[str, Any]:
+        args = {k: v for k, v in command.items() if k not in ("op", "id")}
+        handlers: dict[str, Callable[..., dict[str, Any]]] = {
+            "read": self.read, "update": self.update, "disconnect": self.disconnect,
+            "connect": self.connect, "stats": self.stats}
+        return handlers[command["op"]](**args)
+
+    def serve(self, should_stop: Callable[[], bool]) -> None:
+        """Answer commands until ``should_stop()``; an error is answered, not fatal."""
+        self.client.set(ready_key(self.name), os.getpid())
+        while not should_stop():
+            popped = self.client.blpop([command_key(self.name)], timeout=0.1)
+            if not popped:
+                continue
+            command = json.loads(popped[1])
+            try:
+                reply = {"id": command["id"], **self.handle(command)}
+            except Exception as exc:  # the lab raises it on its side
+                reply = {"id": command["id"], "error": f"{type(exc).__name__}: {exc}"}
+            self.client.rpush(reply_key(self.name), json.dumps(reply))
+
+
+_LIVE: set[subprocess.Popen[bytes]] = set()
+
+
+def _kill_leftovers() -> None:
+    """Last line of defence: no service outlives the process that started it."""
+    for process in list(_LIVE):
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+atexit.register(_kill_leftovers)
+
+
+class ServiceError(RuntimeError):
+    """A service answered a command with an error, or not at all."""
+
+
+class ServiceProcess:
+    """One service as its own OS process: started ready, driven by commands, always reaped.
+
+    ``launch()`` then ``wait_ready()`` lets several start at once; as a context manager
+    it does both. It stops on SIGTERM, when its parent dies, or after ``max_seconds``.
+
+    Args:
+        client: a client of the shared Redis (the lab's side of the command lists).
+        name: the service's name.
+        redis_port: the shared Redis's port on 127.0.0.1.
+        log_path: where its stdout and stderr go.
+        max_seconds: it stops by itself after this long.
+        reply_timeout_s: how long a command may take before it counts as lost.
+    """
+
+    def __init__(self, client: redis.Redis, *, name: str, redis_port: int, log_path: Path,
+                 max_seconds: float = 120.0, ready_timeout_s: float = 20.0,
+                 reply_timeout_s: float = 10.0) -> None:
+        self.client = client
+        self.name = name
+        self.log_path = log_path
+        self.ready_timeout_s = ready_timeout_s
+        self.reply_timeout_s = reply_timeout_s
+        self.argv = [sys.executable, "-m", "cachelab.caching.service", "--name", name,
+                     "--redis-port", str(redis_port), "--max-seconds", str(max_seconds),
+                     "--parent-pid", str(os.getpid())]
+        self._process: subprocess.Popen[bytes] | None = None
+        self._ids = itertools.count(1)
+
+    @property
+    def pid(self) -> int:
+        if self._process is None:
+            raise RuntimeError(f"{self.name} was not started")
+        return self._process.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return None if self._process is None else self._process.poll()
+
+    def launch(self) -> ServiceProcess:
+        # The child runs this very copy of cachelab, wherever it was imported from.
+        root = str(Path(__file__).resolve().parents[2])
+        env = {**os.environ,
+               "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH"))
+                                             if p)}
+        self.client.delete(ready_key(self.name), command_key(self.name), reply_key(self.name))
+        with open(self.log_path, "wb") as log:
+            self._process = spawn(self.argv, stdin=subprocess.DEVNULL, stdout=log,
+                                  stderr=subprocess.STDOUT, env=env)
+        _LIVE.add(self._process)
+        return self
+
+    def wait_ready(self) -> ServiceProcess:
+        assert self._process is not None
+        deadline = time.monotonic() + self.ready_timeout_s
+        while self.client.get(ready_key(self.name)) != str(self._process.pid):
+            if self._process.poll() is not None:
+                raise ServerStartError(self._failure(f"exited with {self._process.returncode}"))
+            if time.monotonic() > deadline:
+                raise ServerStartError(
+                    self._failure(f"was not serving within {self.ready_timeout_s:g}s"))
+            time.sleep(0.005)
+        return self
+
+    def _failure(self, what: str) -> str:
+        try:
+            lines = self.log_path.read_text(errors="replace").strip().splitlines()[-6:]
+        except OSError:
+            lines = []
+        said = " | ".join(line.strip() for line in lines if line.strip())
+        return f"service {self.name} {what}: {said or 'it wrote nothing'} (log: {self.log_path})"
+
+    def send(self, op: str, **args: Any) -> int:
+        """Queue a command; returns its id for :meth:`receive`."""
+        command_id = next(self._ids)
+        self.client.rpush(command_key(self.name), json.dumps({"op": op, "id": command_id, **args}))
+        return command_id
+
+    def receive(self, command_id: int) -> dict[str, Any]:
+        """The reply to ``command_id`` (replies come in command order)."""
+        popped = self.client.blpop([reply_key(self.name)], timeout=self.reply_timeout_s)
+        if not popped:
+            code = self.returncode
+            state = "is not running" if code is not None else "did not answer"
+            raise ServiceError(self._failure(f"{state} within {self.reply_timeout_s:g}s"))
+        reply: dict[str, Any] = json.loads(popped[1])
+        if reply.get("id") != command_id:
+            raise ServiceError(f"service {self.name}: reply {reply.get('id')} to "
+                               f"command {command_id}")
+        if "error" in reply:
+            raise ServiceError(f"service {self.name}: {reply['error']}")
+        return reply
+
+    def request(self, op: str, **args: Any) -> dict[str, Any]:
+        return self.receive(self.send(op, **args))
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """SIGTERM (it finishes the command in hand), then SIGKILL after ``timeout_s``."""
+        process = self._process
+        if process is None:
+            return
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        _LIVE.discard(process)
+
+    def terminate(self) -> None:
+        """Ask it to stop (SIGTERM) without waiting: :meth:`stop` then waits."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.terminate()
+
+    def __enter__(self) -> ServiceProcess:
+        try:
+            return self.launch().wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+
+def stop_all(services: Sequence[ServiceProcess]) -> None:
+    """Stop several services in parallel: SIGTERM to all, then wait for each."""
+    for service in services:
+        service.terminate()
+    for service in services:
+        service.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """A service: serve commands until SIGTERM, its parent's death or a deadline."""
+    parser = argparse.ArgumentParser(prog="python -m cachelab.caching.service",
+                                     description=main.__doc__)
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--redis-port", type=int, required=True)
+    parser.add_argument("--max-seconds", type=float, default=120.0)
+    parser.add_argument("--parent-pid", type=int, default=os.getppid())
+    args = parser.parse_args(argv)
+
+    stopping = False
+
+    def on_term(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    deadline = time.monotonic() + args.max_seconds
+
+    def should_stop() -> bool:
+        # An orphan is re-parented, so a changed parent pid means the lab is gone.
+        return stopping or os.getppid() != args.parent_pid or time.monotonic() > deadline
+
+    service = Service(args.name, args.redis_port)
+    try:
+        service.start()
+        service.serve(should_stop)
+    finally:
+        service.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

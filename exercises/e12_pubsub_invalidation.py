@@ -1,0 +1,393 @@
+"""Pub/sub invalidation between services, and what a disconnected subscriber misses.
+
+Several service processes each keep user profiles in an in-process cache in front of
+the shared Redis. The shared data lives in Redis itself (the shop's profiles, loaded
+once), because Redis's client-side tracking can only watch Redis keys: so all four
+strategies work on the same data, each on its own copy of it. A service that updates a
+profile drops its own copy and announces the write; the others drop theirs. The same
+seeded stream of updates and reads is played without any bus, with pub/sub, with a
+Redis Stream and with ``CLIENT TRACKING``, and every read is compared with Redis.
+
+Propagation runs from the writer's wall clock just before it sent the write and its
+message to the subscriber's wall clock right after it dropped the entry
+(``time.time_ns`` on the same machine). The propagation window of an update closes
+when every other service has dropped it (at most ``--window-s``); reads come after it.
+Then one service disconnects for real (it closes its connection to the bus) while
+the others keep writing, reconnects, and is read again.
+
+Metrics: services, keys, updates, updates_while_disconnected, reads_checked,
+propagation_p50_ms, propagation_p99_ms, stream_propagation_p50_ms,
+tracking_propagation_p50_ms, stale_reads_with_bus, stale_reads_without_bus,
+missed_invalidations_pubsub, missed_invalidations_stream, missed_invalidations_tracking,
+stale_reads_after_reconnect_pubsub, stale_reads_after_reconnect_stream,
+stale_reads_tracking, tracking_flushed_entries.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Annotated, Any, NamedTuple
+
+from cachelab.caching.invalidation import BUSES, STREAM_MAXLEN, Bus
+from cachelab.caching.service import (
+    ServiceProcess,
+    connection_name,
+    data_key,
+    drops_key,
+    log_key,
+    stop_all,
+)
+from cachelab.exercise import ExerciseInfo, Opt, Result
+from cachelab.measure import LATENCY_COLUMNS, LatencyHistogram, key_sampler, latency_row
+
+if TYPE_CHECKING:
+    import redis
+
+    from cachelab.lab import Lab
+
+INFO = ExerciseInfo(
+    id="exercise-12",
+    slug="pubsub-invalidation",
+    title="Pub/sub invalidation between services",
+    concept="Cache invalidation in distributed systems",
+    scenario=(
+        "Several services each cache user profiles in their own memory, in front of one "
+        "shared Redis. When one service updates a profile, every other service must drop "
+        "its copy, or it keeps serving the old one. The updater publishes an invalidation "
+        "on a Redis pub/sub channel that every service subscribes to. Pub/sub delivers at "
+        "most once, though: a service that is disconnected at that moment never hears of "
+        "it. A Redis Stream read from a remembered offset, and Redis's own client-side "
+        "tracking, are the two remedies compared side by side."
+    ),
+    walkthrough=(
+        "Start a Redis and load the shop's user profiles into it, one copy per strategy "
+        "(no bus, pub/sub, stream, tracking); start the service processes, each with an "
+        "in-process cache per strategy and a subscriber on each bus.",
+        "Warm every service's cache, then play one seeded stream of updates: a random "
+        "service writes a profile and announces it (PUBLISH or XADD in the same MULTI as "
+        "the write; with tracking, Redis itself sends the key name to each service's "
+        "redirect connection).",
+        "After each update, wait until every other service has dropped the entry, "
+        "measuring the propagation from publish to drop, then read the profile and a "
+        "few others from every service and compare each with Redis.",
+        "Play the same stream with no bus at all: the other services keep serving the "
+        "old profiles.",
+        "On each bus, disconnect one service for real while the others keep updating, "
+        "reconnect it, and count the invalidations it missed and the stale profiles it "
+        "serves: pub/sub loses them, the stream replays them from the reader's last id, "
+        "and tracking flushes the whole local cache on reconnect.",
+    ),
+    fixtures=("redis", "shop-db", "service-processes"),
+    checks=(
+        "no stale reads with the pub/sub bus after the propagation window",
+        "stale reads without the bus",
+        "a disconnected pub/sub subscriber misses invalidations, then serves stale data",
+        "a stream reader resuming from its offset misses no invalidation",
+        "client-side tracking serves no stale data, reconnect included",
+        "every disconnect was real: the connection left Redis and came back",
+    ),
+    headline="stale_reads_without_bus",
+)
+
+WITH_SUBSCRIBERS: tuple[Bus, ...] = ("pubsub", "stream", "tracking")
+
+
+class Step(NamedTuple):
+    """One update of the seeded stream: who writes which profile, and what is read after."""
+
+    item: int
+    writer: int
+    reads: tuple[int, ...]
+
+
+class Update(NamedTuple):
+    seq: int
+    key: str
+    writer: str
+    publish_ns: int
+
+
+@dataclass
+class BusOutcome:
+    """What one strategy's play of the stream measured."""
+
+    bus: Bus
+    reads: int = 0
+    stale_reads: int = 0  # reads from connected services, after the window
+    late: int = 0  # (update, service) pairs not dropped within the window
+    propagation: LatencyHistogram = field(default_factory=LatencyHistogram)
+    updates_while_disconnected: int = 0
+    missed: int = 0
+    reads_after_reconnect: int = 0
+    stale_after_reconnect: int = 0
+    flushed: int = 0
+    gone_while_disconnected: bool = False
+    back_after_reconnect: bool = False
+
+
+class Driver:
+    """The lab's side: sends updates and reads to the services and checks them with Redis."""
+
+    def __init__(self, client: redis.Redis, fleet: list[ServiceProcess], window_s: float):
+        self.client = client
+        self.fleet = fleet
+        self.window_s = window_s
+        self._seq = itertools.count(1)
+
+    def update(self, bus: Bus, writer: ServiceProcess, item: int) -> Update:
+        seq = next(self._seq)
+        key = data_key(bus, item)
+        reply = writer.request("update", bus=bus, key=key, seq=seq, bio=f"edited by update {seq}")
+        return Update(seq, key, writer.name, int(reply["publish_ns"]))
+
+    def await_drops(self, bus: Bus, update: Update, names: list[str]) -> dict[str, int]:
+        """Drop times of ``update`` by each of ``names``, waiting at most the window."""
+        dropped: dict[str, int] = {}
+        pending = list(names)
+        deadline = time.monotonic() + self.window_s
+        while pending:
+            pipe = self.client.pipeline(transaction=False)
+            for name in pending:
+                pipe.hget(drops_key(bus, name), update.key)
+            for name, value in zip(pending, pipe.execute(), strict=True):
+                if value is not None and int(value) >= update.publish_ns:
+                    dropped[name] = int(value)
+            pending = [name for name in pending if name not in dropped]
+            if not pending or time.monotonic() > deadline:
+                break
+            time.sleep(0.0005)
+        return dropped
+
+    def read(self, bus: Bus, readers: list[ServiceProcess], items: list[int]) -> tuple[int, int]:
+        """Read ``items`` from every reader at once; returns (reads, stale reads)."""
+        keys = [data_key(bus, item) for item in items]
+        sent = [(service, service.send("read", bus=bus, keys=keys)) for service in readers]
+        replies = [service.receive(command_id) for service, command_id in sent]
+        values: list[Any] = self.client.mget(keys)
+        truth = [json.loads(value)["version"] for value in values]
+        stale = sum(served is None or served < now
+                    for reply in replies
+                    for served, now in zip(reply["versions"], truth, strict=True))
+        return len(readers) * len(keys), stale
+
+    def present(self, name: str) -> bool:
+        return any(c.get("name") == name for c in self.client.client_list())
+
+    def logged(self, bus: Bus, name: str) -> list[tuple[int, str, int]]:
+        """``(seq, key, drop ns)`` of every invalidation ``name`` handled on ``bus``."""
+        entries = []
+        lines: list[Any] = self.client.lrange(log_key(bus, name), 0, -1)
+        for line in lines:
+            seq, key, drop_ns = str(line).split()
+            entries.append((int(seq), key, int(drop_ns)))
+        return entries
+
+
+def play(lab: Lab, driver: Driver, bus: Bus, steps: list[Step], away_steps: list[Step],
+         n_keys: int) -> BusOutcome:
+    """Warm every cache, play the stream on ``bus``, then the disconnect when it has a bus."""
+    fleet, outcome = driver.fleet, BusOutcome(bus)
+    driver.read(bus, fleet, list(range(1, n_keys + 1)))  # the warm-up is not counted
+
+    def step_through(step: Step, connected: list[ServiceProcess]) -> Update:
+        writer = fleet[step.writer]
+        update = driver.update(bus, writer, step.item)
+        if bus != "none":
+            others = [s.name for s in connected if s is not writer]
+            dropped = driver.await_drops(bus, update, others)
+            outcome.late += len(others) - len(dropped)
+            for drop_ns in dropped.values():
+                outcome.propagation.record_ns(drop_ns - update.publish_ns)
+        reads, stale = driver.read(bus, connected, [step.item, *step.reads])
+        outcome.reads += reads
+        outcome.stale_reads += stale
+        return update
+
+    for step in lab.track(steps, f"updates ({bus})", len(steps)):
+        step_through(step, fleet)
+    if bus == "none":
+        return outcome
+
+    away, others = fleet[-1], fleet[:-1]
+    name = connection_name(away.name, bus)
+    away.request("disconnect", bus=bus)
+    outcome.gone_while_disconnected = not driver.present(name)
+    updates = [step_through(step, others) for step in away_steps]
+    outcome.updates_while_disconnected = len(updates)
+    outcome.flushed = int(away.request("connect", bus=bus)["flushed"])
+    outcome.back_after_reconnect = driver.present(name)
+    changed = sorted({step.item for step in away_steps})
+    if bus != "tracking":
+        # A fence: once the reconnected service dropped a later update, it has handled
+        # everything its bus was going to give it (both deliver in order).
+        fence = next((i for i in range(1, n_keys + 1) if i not in changed), changed[0])
+        fence_update = driver.update(bus, others[0], fence)
+        outcome.late += 1 - len(driver.await_drops(bus, fence_update, [away.name]))
+    handled = driver.logged(bus, away.name)
+    if bus == "tracking":  # Redis's messages name keys, not writes
+        outcome.missed = sum(not any(key == u.key and drop_ns >= u.publish_ns
+                                     for _seq, key, drop_ns in handled) for u in updates)
+    else:
+        seen = {seq for seq, _key, _drop_ns in handled}
+        outcome.missed = sum(u.seq not in seen for u in updates)
+    outcome.reads_after_reconnect, outcome.stale_after_reconnect = driver.read(
+        bus, [away], changed)
+    reads, stale = driver.read(bus, others, changed)
+    outcome.reads += reads
+    outcome.stale_reads += stale
+    return outcome
+
+
+def seeded_steps(lab: Lab, n_keys: int, services: int, updates: int, away_updates: int,
+                 reads_per_update: int) -> tuple[list[Step], list[Step]]:
+    """The stream every strategy plays: Zipf-popular profiles, random writers."""
+    rng = lab.rng("writers")
+    next_item = key_sampler(n_keys, "zipf", zipf_s=1.1, rng=lab.rng("profiles"))
+    next_read = key_sampler(n_keys, "zipf", zipf_s=1.1, rng=lab.rng("reads"))
+
+    def step(writers: int) -> Step:
+        return Step(next_item(), rng.randrange(writers),
+                    tuple(next_read() for _ in range(reads_per_update)))
+
+    # While the last service is away, only the others write.
+    return ([step(services) for _ in range(updates)],
+            [step(services - 1) for _ in range(away_updates)])
+
+
+def start_fleet(lab: Lab, client: redis.Redis, port: int, services: int) -> list[ServiceProcess]:
+    """Start the services at once (each pays Python's start-up), stopped with the lab."""
+    fleet = []
+    for i in range(1, services + 1):
+        service = ServiceProcess(client, name=f"svc-{i}", redis_port=port,
+                                 log_path=lab.workdir / f"svc-{i}.log")
+        lab.callback(service.stop)
+        fleet.append(service.launch())
+    lab.callback(lambda: stop_all(fleet))  # runs before the callbacks above
+    for service in fleet:
+        service.wait_ready()
+    return fleet
+
+
+def run(
+    lab: Lab,
+    *,
+    services: Annotated[int, Opt("Service processes, each with its own caches.", min=3,
+                                 max=8)] = 3,
+    keys: Annotated[int, Opt("User profiles shared by the services.", min=10, max=1000)] = 200,
+    updates: Annotated[int, Opt("Updates in the stream each strategy plays.", min=5,
+                                max=5000)] = 40,
+    disconnected_updates: Annotated[int, Opt("Updates while one service is disconnected.",
+                                             min=1, max=1000)] = 10,
+    reads_per_update: Annotated[int, Opt("Other profiles read from every service after "
+                                         "each update.", min=0, max=50)] = 3,
+    window_s: Annotated[float, Opt("Longest propagation window: how long an update may take "
+                                   "to reach every service.", min=0.1, max=30)] = 2.0,
+) -> Result:
+    result = Result()
+    server = lab.redis_server()
+    client = server.client()
+    lab.callback(client.close)
+    db = lab.shop()
+    profiles = db.rows("SELECT user_id AS id, bio, version FROM profiles ORDER BY user_id "
+                       "LIMIT ?", [keys])
+    n_keys = len(profiles)
+    pipe = client.pipeline(transaction=False)
+    for bus in BUSES:
+        for profile in profiles:
+            pipe.set(data_key(bus, profile["id"]), json.dumps(profile))
+    pipe.execute()
+
+    fleet = start_fleet(lab, client, server.port, services)
+    driver = Driver(client, fleet, window_s)
+    steps, away_steps = seeded_steps(lab, n_keys, services, updates, disconnected_updates,
+                                     reads_per_update)
+    runs = {bus: play(lab, driver, bus, steps, away_steps, n_keys) for bus in BUSES}
+    none, pubsub, stream, tracking = (runs[b] for b in BUSES)
+    away = fleet[-1].name
+    stats: list[dict[str, Any]] = [service.request("stats")["caches"] for service in fleet]
+
+    result.table("Strategies (every service connected)",
+                 ["strategy", "reads", "stale reads", "invalidations dropped",
+                  "late (window missed)", "local hits"],
+                 [[bus, o.reads, o.stale_reads, o.propagation.count, o.late,
+                   sum(s[bus]["hits"] for s in stats)] for bus, o in runs.items()])
+    result.table("Propagation, publish to drop (ms)", LATENCY_COLUMNS,
+                 [latency_row(bus, runs[bus].propagation) for bus in WITH_SUBSCRIBERS])
+    result.table(f"{away} disconnected for {disconnected_updates} updates",
+                 ["bus", "its connection gone", "invalidations missed",
+                  "reads after reconnect", "stale after reconnect", "entries flushed"],
+                 [[bus, o.gone_while_disconnected, o.missed, o.reads_after_reconnect,
+                   o.stale_after_reconnect, o.flushed]
+                  for bus, o in runs.items() if bus != "none"])
+    result.chart("Stale reads", "strategy", list(BUSES),
+                 {"while connected": [runs[b].stale_reads for b in BUSES],
+                  "after a reconnect": [runs[b].stale_after_reconnect for b in BUSES]})
+
+    stale_tracking = tracking.stale_reads + tracking.stale_after_reconnect
+    result.add_metrics({
+        "services": services, "keys": n_keys, "updates": updates,
+        "updates_while_disconnected": disconnected_updates,
+        "reads_checked": sum(o.reads + o.reads_after_reconnect for o in runs.values()),
+        "propagation_p50_ms": pubsub.propagation.percentile_ms(50),
+        "propagation_p99_ms": pubsub.propagation.percentile_ms(99),
+        "stream_propagation_p50_ms": stream.propagation.percentile_ms(50),
+        "tracking_propagation_p50_ms": tracking.propagation.percentile_ms(50),
+        "stale_reads_with_bus": pubsub.stale_reads,
+        "stale_reads_without_bus": none.stale_reads,
+        "missed_invalidations_pubsub": pubsub.missed,
+        "missed_invalidations_stream": stream.missed,
+        "missed_invalidations_tracking": tracking.missed,
+        "stale_reads_after_reconnect_pubsub": pubsub.stale_after_reconnect,
+        "stale_reads_after_reconnect_stream": stream.stale_after_reconnect,
+        "stale_reads_tracking": stale_tracking,
+        "tracking_flushed_entries": tracking.flushed,
+    })
+
+    expected = (updates + disconnected_updates) * (services - 1) - disconnected_updates
+    result.check("no stale reads with the pub/sub bus after the propagation window",
+                 pubsub.reads > 0 and pubsub.stale_reads == 0 and pubsub.late == 0
+                 and pubsub.propagation.count == expected,
+                 f"{pubsub.stale_reads} of {pubsub.reads} reads stale; "
+                 f"{pubsub.propagation.count}/{expected} invalidations dropped within "
+                 f"{window_s:g}s (p99 {pubsub.propagation.percentile_ms(99):.2f} ms), "
+                 f"{pubsub.late} late")
+    result.check("stale reads without the bus", none.stale_reads > 0,
+                 f"{none.stale_reads} of {none.reads} reads served an older version than "
+                 "Redis held")
+    result.check("a disconnected pub/sub subscriber misses invalidations, then serves stale data",
+                 pubsub.missed > 0 and pubsub.stale_after_reconnect > 0,
+                 f"{away} missed {pubsub.missed} of {disconnected_updates} invalidations and "
+                 f"served {pubsub.stale_after_reconnect} of {pubsub.reads_after_reconnect} "
+                 "changed profiles stale after it reconnected")
+    result.check("a stream reader resuming from its offset misses no invalidation",
+                 stream.missed == 0 and stream.stale_after_reconnect == 0
+                 and stream.stale_reads == 0 and stream.late == 0,
+                 f"{away} missed {stream.missed} of {disconnected_updates} and served "
+                 f"{stream.stale_after_reconnect} of {stream.reads_after_reconnect} stale after "
+                 f"reconnecting; {stream.stale_reads} stale reads, {stream.late} late, overall")
+    result.check("client-side tracking serves no stale data, reconnect included",
+                 tracking.reads > 0 and stale_tracking == 0 and tracking.late == 0
+                 and tracking.flushed > 0,
+                 f"{stale_tracking} of {tracking.reads + tracking.reads_after_reconnect} reads "
+                 f"stale; Redis dropped {tracking.missed} invalidations while {away} was "
+                 f"away, and it flushed {tracking.flushed} entries on reconnect")
+    real = [runs[b].gone_while_disconnected and runs[b].back_after_reconnect
+            for b in WITH_SUBSCRIBERS]
+    result.check("every disconnect was real: the connection left Redis and came back", all(real),
+                 ", ".join(f"{bus}: {'yes' if ok else 'no'}"
+                           for bus, ok in zip(WITH_SUBSCRIBERS, real, strict=True))
+                 + " (CLIENT LIST, by connection name)")
+
+    result.note("Pub/sub is fire-and-forget: Redis keeps no message for a subscriber that is "
+                "not there. Its stale profiles stay until their entries are dropped some "
+                "other way (a TTL on local entries bounds that).")
+    result.note("The stream remedy holds only while the reader's offset is still in the "
+                f"stream (trimmed to about {STREAM_MAXLEN} entries here): a reader away for longer "
+                "must flush, like tracking does.")
+    result.note("Tracking here uses RESP2 with REDIRECT to a subscribed connection. With RESP3 "
+                "(redis-py protocol=3) invalidations arrive as push messages on the data "
+                "connection itself, and a broken redirect is reported as tracking-redir-broken.")
+    return result
