@@ -38,9 +38,9 @@ from cachelab.caching.service import (
     data_key,
     drops_key,
     log_key,
-    stop_all,
 )
 from cachelab.exercise import ExerciseInfo, Opt, Result
+from cachelab.fixtures.process import stop_all
 from cachelab.measure import LATENCY_COLUMNS, LatencyHistogram, key_sampler, latency_row
 
 if TYPE_CHECKING:

@@ -22,7 +22,8 @@ from cachelab.caching.invalidation import (
     stream_tail,
     write_and_publish,
 )
-from cachelab.caching.service import ServiceError, ServiceProcess, data_key, stop_all
+from cachelab.caching.service import ServiceError, ServiceProcess, data_key
+from cachelab.fixtures.process import stop_all
 from cachelab.fixtures.redis_server import RedisServer
 from cachelab.lab import Lab
 

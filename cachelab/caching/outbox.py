@@ -12,21 +12,16 @@ moment resumes exactly where it stopped, and an entry delivered twice is skipped
 from __future__ import annotations
 
 import argparse
-import atexit
 import json
 import os
-import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from cachelab.errors import ServerStartError
-from cachelab.fixtures.spawn import spawn
+from cachelab.fixtures.process import ChildProcess, stop_condition
 
 if TYPE_CHECKING:  # redis and sqlite3 are imported where used
     import sqlite3
@@ -288,26 +283,12 @@ class OutboxListener:
         return totals
 
 
-_LIVE: set[subprocess.Popen[bytes]] = set()
+class ListenerProcess(ChildProcess):
+    """The listener as its own OS process (``python -m cachelab.caching.outbox``).
 
-
-def _kill_leftovers() -> None:
-    """Last line of defence: no listener outlives the process that started it."""
-    for process in list(_LIVE):
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-
-
-atexit.register(_kill_leftovers)
-
-
-class ListenerProcess:
-    """The listener as its own OS process, started ready and always reaped.
-
-    It runs ``python -m cachelab.caching.outbox`` in its own session (a terminal's
-    Ctrl-C reaches only the lab, which then stops it), exits by itself when its parent
-    dies or after ``max_seconds``, and writes its output to ``log_path``.
+    It runs in its own session (a terminal's Ctrl-C reaches only the lab, which then
+    stops it), exits by itself when its parent dies or after ``max_seconds``, and writes
+    its output to ``log_path``. A SIGTERM lets it finish its batch; :meth:`kill` does not.
 
     Args:
         client: a client of the Redis it updates, used to see it become ready.
@@ -322,94 +303,12 @@ class ListenerProcess:
     def __init__(self, client: redis.Redis, *, redis_port: int, db_path: Path, log_path: Path,
                  list_size: int = 10, batch: int = 100, poll_ms: float = 1.0, rewind: int = 0,
                  max_seconds: float = 120.0, ready_timeout_s: float = 20.0) -> None:
-        self.client = client
-        self.log_path = log_path
-        self.ready_timeout_s = ready_timeout_s
-        self.argv = [sys.executable, "-m", "cachelab.caching.outbox", "--db", str(db_path),
-                     "--redis-port", str(redis_port), "--list-size", str(list_size),
-                     "--batch", str(batch), "--poll-ms", str(poll_ms), "--rewind", str(rewind),
-                     "--max-seconds", str(max_seconds), "--parent-pid", str(os.getpid())]
-        self._process: subprocess.Popen[bytes] | None = None
-        self.ready_at_ns = 0
-
-    @property
-    def pid(self) -> int:
-        if self._process is None:
-            raise RuntimeError("the listener was not started")
-        return self._process.pid
-
-    @property
-    def returncode(self) -> int | None:
-        return None if self._process is None else self._process.poll()
-
-    def start(self) -> ListenerProcess:
-        # The child runs this very copy of cachelab, wherever it was imported from.
-        root = str(Path(__file__).resolve().parents[2])
-        env = {**os.environ,
-               "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH"))
-                                             if p)}
-        with open(self.log_path, "wb") as log:
-            self._process = spawn(self.argv, stdin=subprocess.DEVNULL, stdout=log,
-                                  stderr=subprocess.STDOUT, env=env)
-        _LIVE.add(self._process)
-        try:
-            self._wait_ready()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def _wait_ready(self) -> None:
-        assert self._process is not None
-        deadline = time.monotonic() + self.ready_timeout_s
-        while self.client.get(LISTENER_KEY) != str(self._process.pid):
-            if self._process.poll() is not None:
-                raise ServerStartError(self._failure(f"exited with {self._process.returncode}"))
-            if time.monotonic() > deadline:
-                raise ServerStartError(
-                    self._failure(f"was not polling within {self.ready_timeout_s:g}s"))
-            time.sleep(0.005)
-        self.ready_at_ns = time.time_ns()
-
-    def _failure(self, what: str) -> str:
-        try:
-            lines = self.log_path.read_text(errors="replace").strip().splitlines()[-6:]
-        except OSError:
-            lines = []
-        said = " | ".join(line.strip() for line in lines if line.strip())
-        return f"outbox listener {what}: {said or 'it wrote nothing'} (log: {self.log_path})"
-
-    def kill(self) -> int:
-        """SIGKILL at once (no chance to finish anything) and reap; returns the exit code."""
-        process = self._process
-        if process is None:
-            raise RuntimeError("the listener was not started")
-        if process.poll() is None:
-            process.send_signal(signal.SIGKILL)
-        code = process.wait()
-        _LIVE.discard(process)
-        return code
-
-    def stop(self, timeout_s: float = 5.0) -> None:
-        """SIGTERM (it finishes its batch and exits), then SIGKILL after ``timeout_s``."""
-        process = self._process
-        if process is None:
-            return
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        _LIVE.discard(process)
-
-    def __enter__(self) -> ListenerProcess:
-        return self.start()
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()
+        super().__init__(
+            client, module="cachelab.caching.outbox", ready_key=LISTENER_KEY,
+            label="outbox listener", log_path=log_path, ready_timeout_s=ready_timeout_s,
+            args=["--db", str(db_path), "--redis-port", str(redis_port), "--list-size",
+                  str(list_size), "--batch", str(batch), "--poll-ms", str(poll_ms),
+                  "--rewind", str(rewind), "--max-seconds", str(max_seconds)])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -430,19 +329,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.db.exists():
         parser.error(f"no database at {args.db}")
 
-    stopping = False
-
-    def on_term(signum: int, frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGTERM, on_term)
-    deadline = time.monotonic() + args.max_seconds
-
-    def should_stop() -> bool:
-        # An orphan is re-parented, so a changed parent pid means the lab is gone.
-        return stopping or os.getppid() != args.parent_pid or time.monotonic() > deadline
-
+    should_stop = stop_condition(args.parent_pid, args.max_seconds)
     client = redis.Redis(host="127.0.0.1", port=args.redis_port, decode_responses=True)
     try:
         cache = CommentCache(client, list_size=args.list_size)

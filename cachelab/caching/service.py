@@ -12,17 +12,13 @@ clock, the same clock the writer stamped the message with) per key, and a log li
 from __future__ import annotations
 
 import argparse
-import atexit
 import itertools
 import json
 import os
-import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from cachelab.caching.invalidation import (
@@ -37,8 +33,7 @@ from cachelab.caching.invalidation import (
     stream_tail,
     write_and_publish,
 )
-from cachelab.errors import ServerStartError
-from cachelab.fixtures.spawn import spawn
+from cachelab.fixtures.process import ChildProcess, stop_condition
 
 if TYPE_CHECKING:
     import redis
@@ -213,25 +208,11 @@ class Service:
             self.client.rpush(reply_key(self.name), json.dumps(reply))
 
 
-_LIVE: set[subprocess.Popen[bytes]] = set()
-
-
-def _kill_leftovers() -> None:
-    """Last line of defence: no service outlives the process that started it."""
-    for process in list(_LIVE):
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-
-
-atexit.register(_kill_leftovers)
-
-
 class ServiceError(RuntimeError):
     """A service answered a command with an error, or not at all."""
 
 
-class ServiceProcess:
+class ServiceProcess(ChildProcess):
     """One service as its own OS process: started ready, driven by commands, always reaped.
 
     ``launch()`` then ``wait_ready()`` lets several start at once; as a context manager
@@ -249,59 +230,19 @@ class ServiceProcess:
     def __init__(self, client: redis.Redis, *, name: str, redis_port: int, log_path: Path,
                  max_seconds: float = 120.0, ready_timeout_s: float = 20.0,
                  reply_timeout_s: float = 10.0) -> None:
-        self.client = client
+        super().__init__(
+            client, module="cachelab.caching.service", ready_key=ready_key(name),
+            label=f"service {name}", log_path=log_path, ready_timeout_s=ready_timeout_s,
+            args=["--name", name, "--redis-port", str(redis_port),
+                  "--max-seconds", str(max_seconds)])
         self.name = name
-        self.log_path = log_path
-        self.ready_timeout_s = ready_timeout_s
         self.reply_timeout_s = reply_timeout_s
-        self.argv = [sys.executable, "-m", "cachelab.caching.service", "--name", name,
-                     "--redis-port", str(redis_port), "--max-seconds", str(max_seconds),
-                     "--parent-pid", str(os.getpid())]
-        self._process: subprocess.Popen[bytes] | None = None
         self._ids = itertools.count(1)
 
-    @property
-    def pid(self) -> int:
-        if self._process is None:
-            raise RuntimeError(f"{self.name} was not started")
-        return self._process.pid
-
-    @property
-    def returncode(self) -> int | None:
-        return None if self._process is None else self._process.poll()
-
     def launch(self) -> ServiceProcess:
-        # The child runs this very copy of cachelab, wherever it was imported from.
-        root = str(Path(__file__).resolve().parents[2])
-        env = {**os.environ,
-               "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH"))
-                                             if p)}
-        self.client.delete(ready_key(self.name), command_key(self.name), reply_key(self.name))
-        with open(self.log_path, "wb") as log:
-            self._process = spawn(self.argv, stdin=subprocess.DEVNULL, stdout=log,
-                                  stderr=subprocess.STDOUT, env=env)
-        _LIVE.add(self._process)
+        self.client.delete(command_key(self.name), reply_key(self.name))
+        super().launch()
         return self
-
-    def wait_ready(self) -> ServiceProcess:
-        assert self._process is not None
-        deadline = time.monotonic() + self.ready_timeout_s
-        while self.client.get(ready_key(self.name)) != str(self._process.pid):
-            if self._process.poll() is not None:
-                raise ServerStartError(self._failure(f"exited with {self._process.returncode}"))
-            if time.monotonic() > deadline:
-                raise ServerStartError(
-                    self._failure(f"was not serving within {self.ready_timeout_s:g}s"))
-            time.sleep(0.005)
-        return self
-
-    def _failure(self, what: str) -> str:
-        try:
-            lines = self.log_path.read_text(errors="replace").strip().splitlines()[-6:]
-        except OSError:
-            lines = []
-        said = " | ".join(line.strip() for line in lines if line.strip())
-        return f"service {self.name} {what}: {said or 'it wrote nothing'} (log: {self.log_path})"
 
     def send(self, op: str, **args: Any) -> int:
         """Queue a command; returns its id for :meth:`receive`."""
@@ -315,7 +256,7 @@ class ServiceProcess:
         if not popped:
             code = self.returncode
             state = "is not running" if code is not None else "did not answer"
-            raise ServiceError(self._failure(f"{state} within {self.reply_timeout_s:g}s"))
+            raise ServiceError(self.failure(f"{state} within {self.reply_timeout_s:g}s"))
         reply: dict[str, Any] = json.loads(popped[1])
         if reply.get("id") != command_id:
             raise ServiceError(f"service {self.name}: reply {reply.get('id')} to "
@@ -326,44 +267,6 @@ class ServiceProcess:
 
     def request(self, op: str, **args: Any) -> dict[str, Any]:
         return self.receive(self.send(op, **args))
-
-    def stop(self, timeout_s: float = 5.0) -> None:
-        """SIGTERM (it finishes the command in hand), then SIGKILL after ``timeout_s``."""
-        process = self._process
-        if process is None:
-            return
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        _LIVE.discard(process)
-
-    def terminate(self) -> None:
-        """Ask it to stop (SIGTERM) without waiting: :meth:`stop` then waits."""
-        if self._process is not None and self._process.poll() is None:
-            self._process.terminate()
-
-    def __enter__(self) -> ServiceProcess:
-        try:
-            return self.launch().wait_ready()
-        except BaseException:
-            self.stop()
-            raise
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()
-
-
-def stop_all(services: Sequence[ServiceProcess]) -> None:
-    """Stop several services in parallel: SIGTERM to all, then wait for each."""
-    for service in services:
-        service.terminate()
-    for service in services:
-        service.stop()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -376,19 +279,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--parent-pid", type=int, default=os.getppid())
     args = parser.parse_args(argv)
 
-    stopping = False
-
-    def on_term(signum: int, frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGTERM, on_term)
-    deadline = time.monotonic() + args.max_seconds
-
-    def should_stop() -> bool:
-        # An orphan is re-parented, so a changed parent pid means the lab is gone.
-        return stopping or os.getppid() != args.parent_pid or time.monotonic() > deadline
-
+    should_stop = stop_condition(args.parent_pid, args.max_seconds)
     service = Service(args.name, args.redis_port)
     try:
         service.start()
