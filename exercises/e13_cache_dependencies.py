@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from cachelab.exercise import ExerciseInfo, Opt, Result
 from cachelab.fixtures.shop import CATEGORIES, CITIES, DAYS, FIRST_DAY
-from cachelab.measure import key_sampler, ratio
+from cachelab.measure import key_sampler
 
 if TYPE_CHECKING:
     import random
@@ -357,8 +357,8 @@ def run(
     stats = {name: cache.stats for name, cache in caches.items()}
 
     result.table("Changes and invalidations by table",
-                 ["table", "depends", "changes", "table-level drops", "unneeded",
-                  "row-level drops", "unneeded"],
+                 ["table", "depends", "changes", "table-level drops", "unneeded (table)",
+                  "row-level drops", "unneeded (row)"],
                  [[t, "yes" if t in DEPENDENT_TABLES else "no", changes_by_table[t],
                    drops["table", t], unnecessary["table", t], drops["row", t],
                    unnecessary["row", t]]

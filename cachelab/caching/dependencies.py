@@ -182,10 +182,10 @@ class DependencyIndex:
         pipe.sadd(self.own_key(key), *tags)
 
     def dependents(self, tag: str) -> set[str]:
-        return set(self.client.smembers(self.tag_key(tag)))
+        return {str(key) for key in self.client.smembers(self.tag_key(tag))}
 
     def tags_of(self, key: str) -> set[str]:
-        return set(self.client.smembers(self.own_key(key)))
+        return {str(tag) for tag in self.client.smembers(self.own_key(key))}
 
     def invalidate(self, tags: Iterable[str]) -> dict[str, str]:
         """Drop every entry registered under any of ``tags``; returns ``{key: cached value}``."""
