@@ -122,7 +122,7 @@ def read_changes(conn: sqlite3.Connection, after_id: int, limit: int = 1000) -> 
                    json.loads(new) if new else None) for id, table, op, old, new in rows]
 
 
-# KEYS: the tag sets to invalidate. ARGV: the prefix of the per-entry tag sets.
+# KEYS: the tag sets to invalidate. ARGV: the prefixes of per-entry and per-tag sets.
 # Returns key, value pairs of the entries that existed and were dropped. One script, so
 # that dropping an entry and forgetting all of its registrations cannot be split.
 INVALIDATE_LUA = """
@@ -135,7 +135,7 @@ for _, tag_set in ipairs(KEYS) do
       redis.call('DEL', key)
       local own = ARGV[1] .. key
       for _, other in ipairs(redis.call('SMEMBERS', own)) do
-        redis.call('SREM', other, key)
+        redis.call('SREM', ARGV[2] .. other, key)
       end
       redis.call('DEL', own)
       if value then
@@ -192,7 +192,7 @@ class DependencyIndex:
         tag_sets = [self.tag_key(tag) for tag in sorted(set(tags))]
         if not tag_sets:
             return {}
-        flat = self._invalidate(keys=tag_sets, args=[f"{self.prefix}:key:"])
+        flat = self._invalidate(keys=tag_sets, args=[self.own_key(""), self.tag_key("")])
         return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
