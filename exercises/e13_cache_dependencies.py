@@ -238,7 +238,7 @@ def write_stream(rng: random.Random, operations: int, write_ratio: float) -> lis
 def run(
     lab: Lab,
     *,
-    operations: Annotated[int, Opt("Reads and writes in the stream.", min=20)] = 400,
+    operations: Annotated[int, Opt("Reads and writes in the stream.", min=20)] = 300,
     write_ratio: Annotated[float, Opt("Share of operations that are writes.", min=0.05,
                                       max=0.9)] = 0.3,
     distinct_queries: Annotated[int, Opt("Distinct report parameter sets read.", min=1,
