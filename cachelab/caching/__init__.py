@@ -1,6 +1,12 @@
 """Caching strategies as a small library: no printing, no CLI."""
 
 from cachelab.caching.cache_aside import CacheAside, CacheStats
+from cachelab.caching.dependencies import (
+    ChangeNotifier,
+    DependencyIndex,
+    DependentQueryCache,
+    install_change_capture,
+)
 from cachelab.caching.eager import WriteOutcome, WriteThrough, WriteThroughStats, preload
 from cachelab.caching.eviction import (
     EVICTION_POLICIES,
@@ -16,6 +22,7 @@ from cachelab.caching.warming import LockedCache, StreamWatcher, Warmer, XFetchC
 from cachelab.caching.warmup import AccessRecorder, TopKWarmer, lfu_top, topk_overlap
 
 __all__ = [
+    "ChangeNotifier", "DependencyIndex", "DependentQueryCache", "install_change_capture",
     "EVICTION_POLICIES", "lru_sampling_trial", "measure_capacity", "replay_cache_aside",
     "AccessRecorder", "CacheAside", "CacheStats", "CommentCache", "ListenerProcess",
     "LockedCache", "OutboxListener", "QueryCache", "ShardRing", "SlidingWindowLimiter",
