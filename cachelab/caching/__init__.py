@@ -14,6 +14,13 @@ from cachelab.caching.eviction import (
     measure_capacity,
     replay_cache_aside,
 )
+from cachelab.caching.invalidation import (
+    LocalCache,
+    PubSubSubscriber,
+    StreamSubscriber,
+    TrackingSubscriber,
+    write_and_publish,
+)
 from cachelab.caching.outbox import CommentCache, ListenerProcess, OutboxListener, install_outbox
 from cachelab.caching.query_cache import QueryCache, normalise_sql, query_key
 from cachelab.caching.rate_limit import SlidingWindowLimiter
@@ -22,6 +29,8 @@ from cachelab.caching.warming import LockedCache, StreamWatcher, Warmer, XFetchC
 from cachelab.caching.warmup import AccessRecorder, TopKWarmer, lfu_top, topk_overlap
 
 __all__ = [
+    "LocalCache", "PubSubSubscriber", "StreamSubscriber", "TrackingSubscriber",
+    "write_and_publish",
     "ChangeNotifier", "DependencyIndex", "DependentQueryCache", "install_change_capture",
     "EVICTION_POLICIES", "lru_sampling_trial", "measure_capacity", "replay_cache_aside",
     "AccessRecorder", "CacheAside", "CacheStats", "CommentCache", "ListenerProcess",
