@@ -193,7 +193,7 @@ class ConsistencyChecker:
         raw = self.client.mget([self.key(item) for item in items])
         records = self.load_many(items)
         findings = []
-        for item, text in zip(items, raw):
+        for item, text in zip(items, raw, strict=True):
             cached = None if text is None else json.loads(text)
             actual = records.get(item)
             if actual is None:
