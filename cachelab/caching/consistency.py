@@ -113,7 +113,10 @@ def wilson_interval(successes: int, n: int, *, population: int | None = None,
     denominator = 1 + z2 / n_eff
     centre = (p + z2 / (2 * n_eff)) / denominator
     half = z * math.sqrt(p * (1 - p) / n_eff + z2 / (4 * n_eff * n_eff)) / denominator
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # At 0 or n successes the bound is exactly 0 or 1; rounding would leave a hair off.
+    low = 0.0 if successes == 0 else max(0.0, centre - half)
+    high = 1.0 if successes == n else min(1.0, centre + half)
+    return low, high
 
 
 class ConsistencyChecker:
