@@ -422,7 +422,9 @@ def run(
                  dd_long.cleared > 0 and all(r.stale == late[r.label]
                                              for r in (dd_long, dd_short)),
                  "; ".join(f"{r.label}: {r.cleared}/{r.stored} stale sets cleared, "
-                           f"{r.stale} stale left" for r in (dd_long, dd_short)))
+                           f"{r.stale} stale left" for r in (dd_long, dd_short))
+                 + ("" if dd_long.cleared else " (every stale set landed after the second "
+                    f"delete: the delay must exceed the {race_window_ms:g} ms window)"))
 
     result.note(f"Across seeds the {confidence:.0%} interval holds the true rate about "
                 f"{confidence:.0%} of the time; a seed decides the sample, so this run's "
