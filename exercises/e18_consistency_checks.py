@@ -294,6 +294,7 @@ def run(
     truth = inject(lab, db, cache, checker, ids, inject_rate)
     true_rate = len(truth) / keys
 
+    # The sampling pass only estimates: run dry, so that the full scan sees the same state.
     sampled = checker.check(sample=None if full_scan else sample_size,
                             rng=lab.rng("sample"), dry_run=True)
     q0 = db.queries
