@@ -1,6 +1,7 @@
 """Caching strategies as a small library: no printing, no CLI."""
 
 from cachelab.caching.cache_aside import CacheAside, CacheStats
+from cachelab.caching.consistency import ConsistencyChecker, wilson_interval
 from cachelab.caching.dependencies import (
     ChangeNotifier,
     DependencyIndex,
@@ -21,6 +22,7 @@ from cachelab.caching.invalidation import (
     TrackingSubscriber,
     write_and_publish,
 )
+from cachelab.caching.leases import DoubleDeleteCache, LeaseCache, NaiveCache, VersionedCache
 from cachelab.caching.outbox import CommentCache, ListenerProcess, OutboxListener, install_outbox
 from cachelab.caching.query_cache import QueryCache, normalise_sql, query_key
 from cachelab.caching.rate_limit import SlidingWindowLimiter
@@ -29,6 +31,8 @@ from cachelab.caching.warming import LockedCache, StreamWatcher, Warmer, XFetchC
 from cachelab.caching.warmup import AccessRecorder, TopKWarmer, lfu_top, topk_overlap
 
 __all__ = [
+    "ConsistencyChecker", "wilson_interval", "DoubleDeleteCache", "LeaseCache", "NaiveCache",
+    "VersionedCache",
     "LocalCache", "PubSubSubscriber", "StreamSubscriber", "TrackingSubscriber",
     "write_and_publish",
     "ChangeNotifier", "DependencyIndex", "DependentQueryCache", "install_change_capture",
