@@ -28,7 +28,7 @@ from cachelab.errors import (
     StoreError,
     UsageError,
 )
-from cachelab.registry import Exercise, exercises, resolve
+from cachelab.registry import Exercise, catalogue, exercises, resolve
 
 
 def _err(message: str) -> None:
@@ -62,14 +62,18 @@ class _ExerciseGroup(TyperGroup):
     """``cachelab run`` resolves ``11``, ``exercise-011`` and slugs to the exercise's command."""
 
     def get_command(self, ctx: Any, cmd_name: str) -> Any:
-        command = super().get_command(ctx, cmd_name)
+        command = super().get_command(ctx, cmd_name)  # "all"
         if command is not None:
             return command
         with _reported():
-            return super().get_command(ctx, resolve(cmd_name).info.id)
+            exercise = resolve(cmd_name)
+        # Built on demand: only the exercise asked for is imported.
+        single = typer.Typer()
+        single.command(exercise.info.id)(_exercise_command(exercise))
+        return typer.main.get_command(single)
 
     def list_commands(self, ctx: Any) -> list[str]:
-        return [e.info.id for e in exercises()] + ["all"]
+        return [entry.info.id for entry in catalogue()] + ["all"]
 
 
 class _LabGroup(TyperGroup):
@@ -131,7 +135,7 @@ def list_exercises(
     """
     rows: list[dict[str, Any]] = [
         {"id": e.info.id, "slug": e.info.slug, "title": e.info.title, "concept": e.info.concept,
-         "fixtures": list(e.info.fixtures)} for e in exercises()]
+         "fixtures": list(e.info.fixtures)} for e in catalogue()]
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
@@ -340,10 +344,6 @@ def _exercise_command(exercise: Exercise) -> Callable[..., None]:
     return command
 
 
-for _exercise in exercises():
-    run_app.command(_exercise.info.id, help=None)(_exercise_command(_exercise))
-
-
 def _run_all(**kwargs: Any) -> None:
     """Run every exercise with its defaults, one after another, then a summary.
 
@@ -426,7 +426,7 @@ def runs(
         store = _store(results)
         wanted = resolve(exercise).info.id if exercise else None
         saved = store.runs(wanted)[-limit:]
-    headlines = {e.info.id: e.info.headline for e in exercises()}
+    headlines = {e.info.id: e.info.headline for e in catalogue()}
     rows = [{"run_id": r["run_id"], "exercise": r["exercise"],
              "started_at": r["started_at"][:16].replace("T", " "),
              "verdict": r["verdict"], "duration_s": r["duration_s"],

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import functools
 import importlib
+import importlib.util
 import inspect
 import pkgutil
 import re
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from types import ModuleType
 from typing import Any, Literal
 
@@ -109,41 +111,88 @@ def load_exercise(module: ModuleType) -> Exercise:
     return Exercise(info, module, run, _options(name, run))
 
 
-@functools.cache
-def exercises() -> tuple[Exercise, ...]:
-    """Every exercise in the ``exercises`` package, ordered by number."""
+@dataclass(frozen=True)
+class Entry:
+    """An exercise as the catalogue knows it before importing it: its INFO and module."""
+
+    info: ExerciseInfo
+    module_name: str
+
+
+def _module_names() -> list[str]:
     import exercises as package
 
-    found = []
-    for module_info in pkgutil.iter_modules(package.__path__):
-        if module_info.name.startswith("_"):
-            continue
-        module = importlib.import_module(f"{package.__name__}.{module_info.name}")
-        found.append(load_exercise(module))
-    found.sort(key=lambda e: e.info.number)
-    seen: dict[str, Exercise] = {}
-    for exercise in found:
-        for value in (exercise.info.id, exercise.info.slug):
+    return [f"{package.__name__}.{m.name}" for m in pkgutil.iter_modules(package.__path__)
+            if not m.name.startswith("_")]
+
+
+def _literal_info(module_name: str) -> ExerciseInfo | None:
+    """``INFO`` read from the module's source without running it, when it is a literal."""
+    import ast
+
+    spec = importlib.util.find_spec(module_name)
+    if spec is None or spec.origin is None:
+        return None
+    try:
+        source = Path(spec.origin).read_text()
+        # Parse just the INFO statement (it ends at a closing parenthesis in column 0):
+        # parsing every whole module would cost more than importing some of them.
+        start = source.index("\nINFO = ExerciseInfo(") + 1
+        call = ast.parse(source[start:source.index("\n)", start) + 2]).body[0]
+        assert isinstance(call, ast.Assign) and isinstance(call.value, ast.Call)
+        fields = {str(k.arg): ast.literal_eval(k.value) for k in call.value.keywords}
+        return ExerciseInfo(**fields)
+    except (OSError, SyntaxError, ValueError, TypeError, AssertionError, IndexError):
+        return None  # not a plain literal: the module is imported instead
+
+
+@functools.cache
+def catalogue() -> tuple[Entry, ...]:
+    """Every exercise's INFO, ordered by number, importing a module only when its INFO is
+    not a plain literal: listing twenty exercises should not load twenty modules."""
+    entries = []
+    for module_name in _module_names():
+        info = _literal_info(module_name)
+        if info is None:
+            info = load_exercise(importlib.import_module(module_name)).info
+        entries.append(Entry(info, module_name))
+    entries.sort(key=lambda e: e.info.number)
+    seen: dict[str, Entry] = {}
+    for entry in entries:
+        for value in (entry.info.id, entry.info.slug):
             if value in seen:
-                raise ExerciseContractError(f"{seen[value].module.__file__} and "
-                                            f"{exercise.module.__file__} both use {value!r}")
-            seen[value] = exercise
-    return tuple(found)
+                raise ExerciseContractError(f"{seen[value].module_name} and "
+                                            f"{entry.module_name} both use {value!r}")
+            seen[value] = entry
+    return tuple(entries)
 
 
-def _names(exercise: Exercise) -> set[str]:
-    n = exercise.info.number
-    return {exercise.info.id, exercise.info.slug, str(n), f"{n:02d}", f"{n:03d}",
+@functools.cache
+def _load(module_name: str) -> Exercise:
+    return load_exercise(importlib.import_module(module_name))
+
+
+def exercises() -> tuple[Exercise, ...]:
+    """Every exercise, loaded and checked against the contract, ordered by number."""
+    return tuple(_load(entry.module_name) for entry in catalogue())
+
+
+def _names(info: ExerciseInfo) -> set[str]:
+    n = info.number
+    return {info.id, info.slug, str(n), f"{n:02d}", f"{n:03d}",
             f"exercise-{n:02d}", f"exercise-{n:03d}", f"e{n:02d}", f"ex{n}"}
 
 
 def resolve(name: str) -> Exercise:
     """The exercise named ``name`` (``exercise-11``, ``11``, ``exercise-011`` or its slug)."""
     wanted = name.strip().lower()
-    for exercise in exercises():
-        if wanted in _names(exercise):
+    for entry in catalogue():
+        if wanted in _names(entry.info):
+            exercise = _load(entry.module_name)
+            if exercise.info != entry.info:  # the source said one thing, the module another
+                raise ExerciseContractError(f"{entry.module_name}: INFO changed on import")
             return exercise
     import difflib  # only a miss needs it; `cachelab list` should not pay for it
 
-    known = [e.info.id for e in exercises()] + [e.info.slug for e in exercises()]
+    known = [e.info.id for e in catalogue()] + [e.info.slug for e in catalogue()]
     raise UnknownExercise(name, difflib.get_close_matches(wanted, known, n=3, cutoff=0.5))

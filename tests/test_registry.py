@@ -115,3 +115,28 @@ def test_a_valid_module_loads_its_options() -> None:
     exercise = load_exercise(_module(INFO=INFO, run=_run_ok))
     assert [(o.name, o.type, o.default, o.flag) for o in exercise.options] == [
         ("n", int, 1, "--n")]
+
+
+def test_the_catalogue_reads_every_info_without_importing_and_matches_the_modules() -> None:
+    import subprocess
+    import sys
+
+    from cachelab.registry import catalogue
+
+    assert [entry.info for entry in catalogue()] == [e.info for e in ALL]
+    probe = ("import sys; from cachelab.registry import catalogue; catalogue(); "
+             "print(sorted(m for m in sys.modules if m.startswith('exercises.')))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"  # `cachelab list` imports no exercise
+
+
+def test_a_non_literal_info_falls_back_to_importing(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from cachelab.registry import _literal_info
+
+    module = tmp_path / "e77_computed.py"
+    module.write_text('"""Doc."""\nTITLE = "t"\nINFO = ExerciseInfo(\n    id="exercise-77",'
+                      ' title=TITLE,\n)\n')
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert _literal_info("e77_computed") is None

@@ -1,45 +1,64 @@
-"""Caching strategies as a small library: no printing, no CLI."""
+"""Caching strategies as a small library: no printing, no CLI.
 
-from cachelab.caching.cache_aside import CacheAside, CacheStats
-from cachelab.caching.consistency import ConsistencyChecker, wilson_interval
-from cachelab.caching.dependencies import (
-    ChangeNotifier,
-    DependencyIndex,
-    DependentQueryCache,
-    install_change_capture,
-)
-from cachelab.caching.eager import WriteOutcome, WriteThrough, WriteThroughStats, preload
-from cachelab.caching.eviction import (
-    EVICTION_POLICIES,
-    lru_sampling_trial,
-    measure_capacity,
-    replay_cache_aside,
-)
-from cachelab.caching.invalidation import (
-    LocalCache,
-    PubSubSubscriber,
-    StreamSubscriber,
-    TrackingSubscriber,
-    write_and_publish,
-)
-from cachelab.caching.leases import DoubleDeleteCache, LeaseCache, NaiveCache, VersionedCache
-from cachelab.caching.outbox import CommentCache, ListenerProcess, OutboxListener, install_outbox
-from cachelab.caching.query_cache import QueryCache, normalise_sql, query_key
-from cachelab.caching.rate_limit import SlidingWindowLimiter
-from cachelab.caching.sharding import ShardRing, ring_hash
-from cachelab.caching.warming import LockedCache, StreamWatcher, Warmer, XFetchCache, xfetch_due
-from cachelab.caching.warmup import AccessRecorder, TopKWarmer, lfu_top, topk_overlap
+Every strategy is importable from here (``from cachelab.caching import CacheAside``);
+each module loads on first use, so that listing the exercises never pays for all of them.
+"""
 
-__all__ = [
-    "ConsistencyChecker", "wilson_interval", "DoubleDeleteCache", "LeaseCache", "NaiveCache",
-    "VersionedCache",
-    "LocalCache", "PubSubSubscriber", "StreamSubscriber", "TrackingSubscriber",
-    "write_and_publish",
-    "ChangeNotifier", "DependencyIndex", "DependentQueryCache", "install_change_capture",
-    "EVICTION_POLICIES", "lru_sampling_trial", "measure_capacity", "replay_cache_aside",
-    "AccessRecorder", "CacheAside", "CacheStats", "CommentCache", "ListenerProcess",
-    "LockedCache", "OutboxListener", "QueryCache", "ShardRing", "SlidingWindowLimiter",
-    "StreamWatcher", "TopKWarmer", "Warmer",
-    "WriteOutcome", "WriteThrough", "WriteThroughStats", "XFetchCache", "install_outbox",
-    "lfu_top", "normalise_sql", "preload", "query_key", "ring_hash", "topk_overlap", "xfetch_due",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_WHERE = {
+    "AccessRecorder": "cachelab.caching.warmup",
+    "CacheAside": "cachelab.caching.cache_aside",
+    "CacheStats": "cachelab.caching.cache_aside",
+    "ChangeNotifier": "cachelab.caching.dependencies",
+    "CommentCache": "cachelab.caching.outbox",
+    "ConsistencyChecker": "cachelab.caching.consistency",
+    "DependencyIndex": "cachelab.caching.dependencies",
+    "DependentQueryCache": "cachelab.caching.dependencies",
+    "DoubleDeleteCache": "cachelab.caching.leases",
+    "EVICTION_POLICIES": "cachelab.caching.eviction",
+    "install_change_capture": "cachelab.caching.dependencies",
+    "install_outbox": "cachelab.caching.outbox",
+    "LeaseCache": "cachelab.caching.leases",
+    "lfu_top": "cachelab.caching.warmup",
+    "ListenerProcess": "cachelab.caching.outbox",
+    "LocalCache": "cachelab.caching.invalidation",
+    "LockedCache": "cachelab.caching.warming",
+    "lru_sampling_trial": "cachelab.caching.eviction",
+    "measure_capacity": "cachelab.caching.eviction",
+    "NaiveCache": "cachelab.caching.leases",
+    "normalise_sql": "cachelab.caching.query_cache",
+    "OutboxListener": "cachelab.caching.outbox",
+    "preload": "cachelab.caching.eager",
+    "PubSubSubscriber": "cachelab.caching.invalidation",
+    "query_key": "cachelab.caching.query_cache",
+    "QueryCache": "cachelab.caching.query_cache",
+    "replay_cache_aside": "cachelab.caching.eviction",
+    "ring_hash": "cachelab.caching.sharding",
+    "ShardRing": "cachelab.caching.sharding",
+    "SlidingWindowLimiter": "cachelab.caching.rate_limit",
+    "StreamSubscriber": "cachelab.caching.invalidation",
+    "StreamWatcher": "cachelab.caching.warming",
+    "topk_overlap": "cachelab.caching.warmup",
+    "TopKWarmer": "cachelab.caching.warmup",
+    "TrackingSubscriber": "cachelab.caching.invalidation",
+    "VersionedCache": "cachelab.caching.leases",
+    "Warmer": "cachelab.caching.warming",
+    "wilson_interval": "cachelab.caching.consistency",
+    "write_and_publish": "cachelab.caching.invalidation",
+    "WriteOutcome": "cachelab.caching.eager",
+    "WriteThrough": "cachelab.caching.eager",
+    "WriteThroughStats": "cachelab.caching.eager",
+    "xfetch_due": "cachelab.caching.warming",
+    "XFetchCache": "cachelab.caching.warming",
+}
+
+__all__ = sorted(_WHERE)
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_WHERE[name]), name)
