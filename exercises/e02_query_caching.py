@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from datetime import date, timedelta
 from typing import TYPE_CHECKING, Annotated, Any
 
 from cachelab.caching import QueryCache, query_key
 from cachelab.exercise import ExerciseInfo, Opt, Result
-from cachelab.fixtures.shop import CITIES, FIRST_DAY
+from cachelab.fixtures.shop import REPORT_SQL, report_parameter_sets
 from cachelab.measure import (
     LATENCY_COLUMNS,
     LatencyHistogram,
@@ -62,36 +61,9 @@ INFO = ExerciseInfo(
     headline="speedup_p50",
 )
 
-REPORT_SQL = """
-    SELECT c.name AS category,
-           COUNT(DISTINCT o.id) AS orders,
-           SUM(oi.quantity) AS units,
-           SUM(oi.quantity * oi.price_cents) AS revenue_cents
-    FROM orders o
-    JOIN order_items oi ON oi.order_id = o.id
-    JOIN products p ON p.id = oi.product_id
-    JOIN categories c ON c.id = p.category_id
-    JOIN users u ON u.id = o.user_id
-    WHERE o.ordered_on BETWEEN ? AND ?
-      AND o.status != 'refunded'
-      AND u.city = ?
-    GROUP BY c.name
-    ORDER BY revenue_cents DESC
-"""
-
 # The same query as another developer might type it: one cache entry must serve both.
 RESPELLED_SQL = " ".join(REPORT_SQL.split()).replace("SELECT", "select").replace(
     "GROUP BY", "group   by") + " ;"
-
-
-def parameter_sets(count: int) -> list[tuple[str, str, str]]:
-    """``count`` distinct (start, end, city) triples: quarters of the year, city by city."""
-    sets = []
-    for i in range(count):
-        start = FIRST_DAY + timedelta(days=30 * (i % 12))
-        end = min(start + timedelta(days=90), date(FIRST_DAY.year, 12, 31))
-        sets.append((start.isoformat(), end.isoformat(), CITIES[(i // 12 + i) % len(CITIES)]))
-    return sets
 
 
 def run(
@@ -107,7 +79,7 @@ def run(
     result = Result()
     cache = lab.redis()
     db = lab.shop()
-    params = parameter_sets(distinct_queries)
+    params = report_parameter_sets(distinct_queries)
     next_set = key_sampler(distinct_queries, "zipf", zipf_s=1.0, rng=lab.rng("reports"))
     stream = [params[next_set() - 1] for _ in range(requests)]
 

@@ -24,7 +24,14 @@ from datetime import date, timedelta
 from typing import TYPE_CHECKING, Annotated, Any
 
 from cachelab.exercise import ExerciseInfo, Opt, Result
-from cachelab.fixtures.shop import CATEGORIES, CITIES, DAYS, FIRST_DAY
+from cachelab.fixtures.shop import (
+    CATEGORIES,
+    CITIES,
+    DAYS,
+    FIRST_DAY,
+    REPORT_SQL,
+    report_parameter_sets,
+)
 from cachelab.measure import key_sampler
 
 if TYPE_CHECKING:
@@ -74,23 +81,6 @@ INFO = ExerciseInfo(
     headline="over_invalidations_table_level",
 )
 
-REPORT_SQL = """
-    SELECT c.name AS category,
-           COUNT(DISTINCT o.id) AS orders,
-           SUM(oi.quantity) AS units,
-           SUM(oi.quantity * oi.price_cents) AS revenue_cents
-    FROM orders o
-    JOIN order_items oi ON oi.order_id = o.id
-    JOIN products p ON p.id = oi.product_id
-    JOIN categories c ON c.id = p.category_id
-    JOIN users u ON u.id = o.user_id
-    WHERE o.ordered_on BETWEEN ? AND ?
-      AND o.status != 'refunded'
-      AND u.city = ?
-    GROUP BY c.name
-    ORDER BY revenue_cents DESC
-"""
-
 DEPENDENT_TABLES = ("orders", "order_items", "products", "categories", "users")
 UNRELATED_TABLES = ("comments", "profiles", "posts", "accounts")
 
@@ -105,16 +95,6 @@ CONTEXT = {
                 "WHERE o.id = {row}.order_id"},
     "products": {"category": "SELECT name FROM categories WHERE id = {row}.category_id"},
 }
-
-
-def parameter_sets(count: int) -> list[tuple[str, str, str]]:
-    """``count`` distinct (start, end, city) triples: quarters of the year, city by city."""
-    sets = []
-    for i in range(count):
-        start = FIRST_DAY + timedelta(days=30 * (i % 12))
-        end = min(start + timedelta(days=90), date(FIRST_DAY.year, 12, 31))
-        sets.append((start.isoformat(), end.isoformat(), CITIES[(i // 12 + i) % len(CITIES)]))
-    return sets
 
 
 def report_tags(params: tuple[Any, ...], rows: list[dict[str, Any]]) -> set[str]:
@@ -275,7 +255,7 @@ def run(
     lab.callback(notifier.close)
     notifier.skip_to_end()
 
-    params = parameter_sets(distinct_queries)
+    params = report_parameter_sets(distinct_queries)
     keys = {name: {cache.key((REPORT_SQL, p)): p for p in params}
             for name, cache in caches.items()}
     next_set = key_sampler(distinct_queries, "zipf", zipf_s=0.8, rng=lab.rng("reports"))
