@@ -101,8 +101,12 @@ class CacheAside(Generic[K]):
         self.stats.count("misses")
         value = self.loader(item)
         if value is not None:
-            self.client.set(key, json.dumps(value), px=self._ttl_ms())
+            self._store(key, item, value)
         return value, False
+
+    def _store(self, key: str, item: K, value: Any) -> None:
+        """Write a loaded value; subclasses add what must be written with it."""
+        self.client.set(key, json.dumps(value), px=self._ttl_ms())
 
     def get(self, item: K) -> Any:
         return self.fetch(item)[0]

@@ -215,21 +215,13 @@ class DependentQueryCache(QueryCache):
         self.index = index
         self.tags = tags
 
-    def fetch(self, item: tuple[str, tuple[Any, ...]]) -> tuple[Any, bool]:
-        key = self.key(item)
-        raw = self.client.get(key)
-        if raw is not None:
-            self.stats.count("hits")
-            return json.loads(raw), True
-        self.stats.count("misses")
-        value = self.loader(item)
+    def _store(self, key: str, item: tuple[str, tuple[Any, ...]], value: Any) -> None:
         # The value and its registrations are written together: an entry is never
         # cached without the dependencies that will drop it.
         pipe = self.client.pipeline(transaction=True)
         pipe.set(key, json.dumps(value), px=self._ttl_ms())
         self.index.register(pipe, key, self.tags(item[1], value))
         pipe.execute()
-        return value, False
 
 
 #: ``rule(change)`` gives the tags a change touches for one dependency policy.

@@ -196,6 +196,18 @@ class Subscriber:
         self._changed = threading.Condition()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
+    def _subscribed(self, client: redis.Redis, channel: str) -> Any:
+        """A pub/sub on ``channel``, returned once Redis has confirmed the subscription."""
+        pubsub = client.pubsub()
+        pubsub.subscribe(channel)
+        deadline = time.monotonic() + 10
+        while True:
+            message = pubsub.get_message(timeout=self.poll_s)
+            if message and message["type"] == "subscribe":
+                return pubsub
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.name}: no subscribe confirmation")
+
     @property
     def connected(self) -> bool:
         return self._open
@@ -285,17 +297,9 @@ class PubSubSubscriber(Subscriber):
 
     def _connect(self) -> None:
         self._client = self.factory(self.name)
-        self._pubsub = self._client.pubsub()
-        self._pubsub.subscribe(CHANNEL)
         # Ready only once Redis confirmed the subscription: messages published earlier
         # are lost to this subscriber, by design.
-        deadline = time.monotonic() + 10
-        while True:
-            message = self._pubsub.get_message(timeout=self.poll_s)
-            if message and message["type"] == "subscribe":
-                return
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{self.name}: no subscribe confirmation")
+        self._pubsub = self._subscribed(self._client, CHANNEL)
 
     def _poll(self) -> None:
         message = self._pubsub.get_message(timeout=self.poll_s)
@@ -369,15 +373,7 @@ class TrackingSubscriber(Subscriber):
 
     def _connect(self) -> None:
         self._client = self.factory(self.name)
-        self._pubsub = self._client.pubsub()
-        self._pubsub.subscribe(TRACKING_CHANNEL)
-        deadline = time.monotonic() + 10
-        while True:
-            message = self._pubsub.get_message(timeout=self.poll_s)
-            if message and message["type"] == "subscribe":
-                break
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{self.name}: no subscribe confirmation")
+        self._pubsub = self._subscribed(self._client, TRACKING_CHANNEL)
         # A subscribed RESP2 connection cannot ask CLIENT ID, so another one looks it up
         # by name: the newest subscribed connection called so (ids only grow).
         lookup = self.factory(f"{self.name}-lookup")
