@@ -18,8 +18,10 @@ from cachelab.fixtures.leftovers import FOLDER_PREFIX, mark
 from cachelab.fixtures.redis_binary import RedisBinary, find_redis_server
 from cachelab.fixtures.redis_server import RedisServer
 from cachelab.fixtures.shop import ShopDatabase, build_shop
+from cachelab.fixtures.topology import Cluster, ReplicaSet, SentinelGroup
 
 T = TypeVar("T")
+TopologyT = TypeVar("TopologyT", ReplicaSet, SentinelGroup, Cluster)
 
 #: ``progress(description, total)`` gives a context whose value advances a bar by one.
 ProgressFactory = Callable[[str, "int | None"], AbstractContextManager[Callable[[], None]]]
@@ -53,6 +55,7 @@ class Lab:
         self._stack = ExitStack()
         self._binary: RedisBinary | None = None
         self._servers: list[RedisServer] = []
+        self._topologies: list[ReplicaSet | SentinelGroup | Cluster] = []
         self._workdir: Path | None = None
 
     def __enter__(self) -> Lab:
@@ -82,7 +85,8 @@ class Lab:
 
     @property
     def servers(self) -> list[RedisServer]:
-        return list(self._servers)
+        """Every server this lab started, topologies' members (and added nodes) included."""
+        return [*self._servers, *(s for t in self._topologies for s in t.servers)]
 
     def rng(self, purpose: str) -> random.Random:
         """A random source seeded from the run's seed and a purpose, so streams differ."""
@@ -98,13 +102,47 @@ class Lab:
 
     def redis_server(self, name: str = "redis", **config: str) -> RedisServer:
         """Start a redis-server (config as ``maxmemory="2mb"``) that lives as long as the lab."""
-        if any(s.name == name for s in self._servers):
+        if any(s.name == name for s in self.servers):
             raise ValueError(f"a server named {name!r} already runs in this lab")
         server = self._stack.enter_context(
-            RedisServer(self.binary, self.workdir, name=name,
-                        config={k.replace("_", "-"): v for k, v in config.items()}))
+            RedisServer(self.binary, self.workdir, name=name, config=self._config(config)))
         self._servers.append(server)
         return server
+
+    def _unused(self, name: str) -> None:
+        if any(s.name.startswith(f"{name}-") for s in self.servers):
+            raise ValueError(f"a server or topology named {name!r} already runs in this lab")
+
+    @staticmethod
+    def _config(config: Mapping[str, str]) -> dict[str, str]:
+        return {k.replace("_", "-"): v for k, v in config.items()}
+
+    def replica_set(self, replicas: int = 2, name: str = "redis", **config: str) -> ReplicaSet:
+        """A primary and ``replicas`` synced replicas, all with ``config``."""
+        self._unused(name)
+        return self._topology(ReplicaSet(self.binary, self.workdir, replicas=replicas,
+                                         name=name, config=self._config(config)))
+
+    def sentinels(self, replica_set: ReplicaSet, count: int = 3, quorum: int = 2,
+                  down_after_ms: int = 1000, service: str = "mymaster") -> SentinelGroup:
+        """``count`` Sentinels watching ``replica_set``, aware of it and of each other."""
+        return self._topology(SentinelGroup(self.binary, self.workdir, replica_set,
+                                            count=count, quorum=quorum, service=service,
+                                            down_after_ms=down_after_ms))
+
+    def cluster(self, masters: int = 3, replicas: int = 1, name: str = "cluster",
+                node_timeout_ms: int = 2000, **config: str) -> Cluster:
+        """A Redis Cluster with every slot assigned and ``cluster_state:ok`` on every node."""
+        self._unused(name)
+        return self._topology(Cluster(self.binary, self.workdir, masters=masters,
+                                      replicas=replicas, name=name,
+                                      node_timeout_ms=node_timeout_ms,
+                                      config=self._config(config)))
+
+    def _topology(self, topology: TopologyT) -> TopologyT:
+        started = self._stack.enter_context(topology)
+        self._topologies.append(started)
+        return started
 
     def redis(self, name: str = "redis", **config: str) -> redis.Redis:
         """A client of a new redis-server, closed when the lab ends."""

@@ -37,6 +37,7 @@ _WHERE = {
     "query_key": "cachelab.caching.query_cache",
     "QueryCache": "cachelab.caching.query_cache",
     "replay_cache_aside": "cachelab.caching.eviction",
+    "modulo_shard": "cachelab.caching.sharding",
     "ring_hash": "cachelab.caching.sharding",
     "ShardRing": "cachelab.caching.sharding",
     "SlidingWindowLimiter": "cachelab.caching.rate_limit",

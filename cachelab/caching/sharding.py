@@ -62,3 +62,10 @@ class ShardRing:
             raise LookupError("the ring has no shards")
         index = bisect.bisect_left(self._points, ring_hash(key)) % len(self._points)
         return self._owner[self._points[index]]
+
+
+def modulo_shard(key: str, shards: int) -> int:
+    """The shard index under plain modulo hashing: even, but a new shard moves most keys."""
+    if shards < 1:
+        raise ValueError("shards must be at least 1")
+    return ring_hash(key) % shards
