@@ -574,6 +574,77 @@ def report(
     _err(f"Wrote a report of {len(records)} run(s) to {output}")
 
 
+# ---------------------------------------------------------------- lab up, status, down
+
+lab_app = typer.Typer(help="Keep a topology running in the background to explore with "
+                      "redis-cli: up, status, down.", no_args_is_help=True)
+app.add_typer(lab_app, name="lab")
+Topology = Literal["standalone", "replicas", "sentinel", "cluster"]
+
+
+def _print_nodes(state: dict[str, Any], title: str) -> None:
+    live = "role_now" in state["nodes"][0]
+    columns = ["role", "name", "address", *(["now", "answers"] if live else [])]
+    rows = [[n["role"], n["name"], n["address"],
+             *([n["role_now"], "yes" if n["answers"] else "no"] if live else [])]
+            for n in state["nodes"]]
+    _print_table(title, columns, rows)
+
+
+@lab_app.command("up")
+def lab_up(
+    topology: Annotated[Topology, typer.Argument(help="What to start.")],
+    redis_server: Annotated[str | None, typer.Option(help="redis-server binary to run.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Start a topology on 127.0.0.1 in the background and print its addresses.
+
+    standalone: one server; replicas: a primary and 2 replicas; sentinel: those and 3
+    Sentinels (service mymaster); cluster: 3 masters and 3 replicas.
+    Example: cachelab lab up cluster, then redis-cli -c -p PORT
+    """
+    from cachelab.fixtures import background
+
+    with _reported():
+        state = background.up(topology, redis_server=redis_server)
+    if as_json:
+        typer.echo(json.dumps(state))
+        return
+    _print_nodes(state, f"{topology} lab up ({state['redis_server'].get('redis_version')})")
+    port = state["nodes"][0]["address"].rsplit(":", 1)[1]
+    typer.echo(f"Explore it with: redis-cli {'-c ' if topology == 'cluster' else ''}-p {port}"
+               "\nStop it with:    cachelab lab down")
+
+
+@lab_app.command("status")
+def lab_status(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False
+               ) -> None:
+    """Show the background lab: each server's address, role now, and whether it answers."""
+    from cachelab.fixtures import background
+
+    with _reported():
+        state = background.status()
+    if as_json:
+        typer.echo(json.dumps(state))
+    elif state is None:
+        typer.echo("No lab is up; start one with: cachelab lab up standalone")
+    else:
+        _print_nodes(state, f"{state['kind']} lab, up since {state['started_at']}")
+
+
+@lab_app.command("down")
+def lab_down() -> None:
+    """Stop every server of the background lab and remove its folder."""
+    from cachelab.fixtures import background
+
+    with _reported():
+        state = background.down()
+    if state is None:
+        typer.echo("No lab is up; nothing to stop.")
+    else:
+        typer.echo(f"Stopped the {state['kind']} lab: {len(state['nodes'])} server(s).")
+
+
 # ---------------------------------------------------------------- doctor
 
 
@@ -626,6 +697,11 @@ def doctor(
         rows.append(("redis-server", "none usable"))
     rows.append(("results store", str(results or default_store_path())))
     rows.append(("docker", _docker_answers()))
+    from cachelab.fixtures import background
+
+    up = background.status()
+    rows.append(("background lab", "none" if up is None else
+                 f"{up['kind']} up since {up['started_at']} (cachelab lab down stops it)"))
     rows.append(("killed runs", "their servers die with them (parent-death signal)"
                  if DIES_WITH_PARENT else "their servers may outlive them: see leftovers"))
     found = leftovers.find_leftovers()

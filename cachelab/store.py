@@ -22,14 +22,19 @@ _COLUMNS = {"run_id": str, "exercise": str, "started_at": str, "verdict": str,
             "duration_s": float, "record": str}
 
 
-def default_store_path() -> Path:
-    """``$CACHELAB_HOME/results.db``, else the user's data folder (platformdirs)."""
+def cachelab_home() -> Path:
+    """``$CACHELAB_HOME``, else the user's data folder (platformdirs)."""
     home = os.environ.get(ENV_HOME)
     if home:
-        return Path(home) / "results.db"
+        return Path(home)
     import platformdirs
 
-    return platformdirs.user_data_path("cachelab") / "results.db"
+    return platformdirs.user_data_path("cachelab")
+
+
+def default_store_path() -> Path:
+    """``results.db`` in :func:`cachelab_home`."""
+    return cachelab_home() / "results.db"
 
 
 class ResultsStore:
