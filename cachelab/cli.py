@@ -574,6 +574,38 @@ def report(
     _err(f"Wrote a report of {len(records)} run(s) to {output}")
 
 
+# ---------------------------------------------------------------- serve
+
+
+@app.command()
+def serve(
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port on 127.0.0.1.")] = 8000,
+    caching: Annotated[Literal["none", "lazy", "eager"],
+                       typer.Option(help="How the API caches reads.")] = "lazy",
+    ttl_s: Annotated[float, typer.Option(min=0.001, help="TTL of cached values.")] = 300.0,
+    seed: Annotated[int, typer.Option(help="Seed of the shop data.")] = 42,
+    scale: Annotated[float, typer.Option(min=0.01, max=100,
+                                         help="Size of the shop database.")] = 1.0,
+    db_latency_ms: Annotated[float, typer.Option(min=0, max=1000, help="Modelled network "
+                                                 "round trip per query.")] = 1.0,
+    redis_server: Annotated[str | None, typer.Option(help="redis-server binary to run.")] = None,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+) -> None:
+    """Run the shop HTTP API in the foreground, with its own Redis and database.
+
+    Endpoints: /users/{id}, /products/{id}, /products/{id}/page, /posts/{id}/comments,
+    /reports/sales; the OpenAPI page is at /docs. Ctrl-C stops it and everything it
+    started. Example: cachelab serve --port 8000 --caching eager
+    """
+    from cachelab.fixtures.api_server import serve as run_server
+    from cachelab.lab import Lab, LabSettings
+
+    settings = LabSettings(seed=seed, db_latency_ms=db_latency_ms, scale=scale,
+                           redis_server=redis_server)
+    with _reported(debug), Lab(settings) as lab:
+        run_server(lab, port=port, caching=caching, ttl_s=ttl_s, announce=typer.echo)
+
+
 # ---------------------------------------------------------------- lab up, status, down
 
 lab_app = typer.Typer(help="Keep a topology running in the background to explore with "

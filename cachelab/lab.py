@@ -10,7 +10,7 @@ from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import redis
 
@@ -19,6 +19,10 @@ from cachelab.fixtures.redis_binary import RedisBinary, find_redis_server
 from cachelab.fixtures.redis_server import RedisServer
 from cachelab.fixtures.shop import ShopDatabase, build_shop
 from cachelab.fixtures.topology import Cluster, ReplicaSet, SentinelGroup
+
+if TYPE_CHECKING:
+    from cachelab.fixtures.api_server import ApiServer
+    from cachelab.fixtures.shop_api import Caching
 
 T = TypeVar("T")
 TopologyT = TypeVar("TopologyT", ReplicaSet, SentinelGroup, Cluster)
@@ -143,6 +147,19 @@ class Lab:
         started = self._stack.enter_context(topology)
         self._topologies.append(started)
         return started
+
+    def shop_api(self, caching: Caching = "lazy", *, name: str = "api",
+                 redis_server: RedisServer | None = None, shop: ShopDatabase | None = None,
+                 ttl_s: float = 300.0) -> ApiServer:
+        """The shop API over HTTP, in its own process, with its own Redis and database
+        unless given; ready when it returns, stopped when the lab ends."""
+        from cachelab.fixtures.api_server import ApiServer
+
+        server = ApiServer(redis_server or self.redis_server(f"{name}-redis"),
+                           shop or self.shop(f"{name}-shop"), caching=caching,
+                           log_dir=self.workdir, name=name, ttl_s=ttl_s)
+        self._stack.enter_context(server)  # started here, stopped with the lab
+        return server
 
     def redis(self, name: str = "redis", **config: str) -> redis.Redis:
         """A client of a new redis-server, closed when the lab ends."""
