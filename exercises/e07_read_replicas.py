@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Literal
 
 from cachelab.caching.replicas import (
+    CONSISTENCIES,
     LagSampler,
     ReplicaBalancer,
     balance,
@@ -75,7 +76,6 @@ INFO = ExerciseInfo(
 )
 
 BALANCE_TOLERANCE = 0.15
-MODES = ("async", "wait", "primary")
 CONVERGE_TIMEOUT_S = 10.0
 
 
@@ -196,7 +196,7 @@ def run(
     # Read-your-writes: write a burst, then read its last page back at once.
     runs = []
     ryw_keys = []
-    for mode in MODES:
+    for mode in CONSISTENCIES:
         outcome = RywRun(mode)
         session = ReplicaBalancer(primary, copies, names=names, policy=policy,
                                   include_primary=False, consistency=mode,
@@ -253,7 +253,7 @@ def run(
                  [[r.mode, r.trials, r.stale, ratio(r.stale, r.trials), r.from_replicas,
                    r.from_primary, r.waits, r.waits_short,
                    "" if r.min_acked is None else r.min_acked] for r in runs])
-    result.chart("Stale reads right after one's own write", "mode", list(MODES),
+    result.chart("Stale reads right after one's own write", "mode", list(CONSISTENCIES),
                  {"stale reads": [float(r.stale) for r in runs]})
 
     result.add_metrics({
@@ -294,7 +294,9 @@ def run(
                  and all(o == head for o in offsets),
                  f"every replica at offset {head} "
                  f"{(converge_s or 0) * 1000:.1f} ms after the last write (lag up to "
-                 f"{max_lag} bytes during the bursts)" if converge_s is not None else
+                 f"{max_lag} bytes during the bursts; after loading: "
+                 f"{'in sync' if loaded_s is not None else 'never in sync'})"
+                 if converge_s is not None else
                  f"replicas at {offsets}, primary at {head} after {CONVERGE_TIMEOUT_S:g}s")
     result.check("every replica holds the primary's values",
                  wrong == 0 and not any(differ) and len(set(sizes)) == 1,
@@ -303,9 +305,9 @@ def run(
                  "loaded")
 
     result.note(f"Without WAIT, {async_run.stale} of {async_run.trials} reads of a page "
-                "just written came back old from a replica, although on loopback the "
-                f"replicas were never more than {max_lag} bytes behind (the count depends on "
-                "how busy the machine is). WAIT holds the writer until every replica has its "
+                "just written came back old from a replica, although on loopback the largest "
+                f"lag sampled was {max_lag} bytes (the count depends on how busy the machine "
+                "is). WAIT holds the writer until every replica has its "
                 "writes; reading one's own writes from the primary needs no WAIT but puts "
                 "those reads back on the primary.")
     result.note("Try --policy random (even only on average), --include-primary, --replicas 4, "
