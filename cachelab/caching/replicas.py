@@ -1,0 +1,310 @@
+"""Read replicas behind a client-side balancer: reads spread out, writes to the primary.
+
+:class:`ReplicaBalancer` sends every write to the primary and each read to one node
+chosen by a policy (round-robin or random) among the replicas, and the primary too if
+asked. Replication is asynchronous, so a read from a replica right after a write may
+return the old value; the balancer's ``consistency`` decides what it does about that:
+
+- ``async``: nothing; a session may not see its own writes for a moment.
+- ``wait``: every write is followed by ``WAIT <replicas> <timeout>`` on the same
+  connection. Once every replica has acknowledged it, any replica holds the write;
+  if ``WAIT`` returns fewer, the written keys are read from the primary for a while.
+- ``primary``: keys this client wrote are read from the primary for ``sticky_s``.
+
+The module also reads what each node says about itself: how many calls of a command
+it served (``INFO commandstats``) and how far each replica is behind (offsets in bytes).
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import threading
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:  # redis is imported by whoever builds the clients
+    import redis
+
+Policy = Literal["round-robin", "random"]
+Consistency = Literal["async", "wait", "primary"]
+POLICIES: tuple[Policy, ...] = ("round-robin", "random")
+CONSISTENCIES: tuple[Consistency, ...] = ("async", "wait", "primary")
+
+
+@dataclass(frozen=True)
+class Node:
+    """One server the balancer talks to."""
+
+    name: str
+    role: Literal["primary", "replica"]
+    client: redis.Redis
+
+
+@dataclass(frozen=True)
+class Read:
+    """A value read and the node that served it."""
+
+    value: str | None
+    node: Node
+
+
+@dataclass
+class BalancerStats:
+    """What the balancer itself did, to compare with each node's own ``INFO``.
+
+    Attributes:
+        reads: reads sent to each node, by node name.
+        writes: keys written (all to the primary).
+        waits: ``WAIT`` calls made; ``waits_short`` of them returned fewer replicas
+            than asked for, and ``min_acked`` is the fewest any of them returned.
+        pinned_reads: reads sent to the primary because the key was written recently
+            (``primary`` mode) or its ``WAIT`` fell short (``wait`` mode).
+    """
+
+    reads: Counter[str] = field(default_factory=Counter)
+    writes: int = 0
+    waits: int = 0
+    waits_short: int = 0
+    min_acked: int | None = None
+    pinned_reads: int = 0
+
+
+class ReplicaBalancer:
+    """Spreads reads over replicas (and optionally the primary); writes to the primary.
+
+    Safe to share between threads: the policy's state and the counters are locked, and
+    redis-py clients are thread-safe.
+
+    Args:
+        primary: a client of the primary (``decode_responses=True``).
+        replicas: clients of its replicas.
+        names: node names, primary first; ``primary``, ``replica-1``, ... by default.
+        policy: ``round-robin`` cycles through the readers; ``random`` draws one each read.
+        include_primary: whether the primary serves ordinary reads too.
+        consistency: ``async``, ``wait`` or ``primary`` (see the module docstring).
+        wait_timeout_ms: the ``WAIT`` timeout in ``wait`` mode (0 would wait forever, so
+            it must be positive).
+        sticky_s: how long a written key is read from the primary in ``primary`` mode,
+            and after a short ``WAIT``; set it above the replication lag you expect.
+        rng: the random source of the ``random`` policy (seeded for repeatable runs).
+    """
+
+    def __init__(
+        self,
+        primary: redis.Redis,
+        replicas: Sequence[redis.Redis],
+        *,
+        names: Sequence[str] | None = None,
+        policy: Policy = "round-robin",
+        include_primary: bool = False,
+        consistency: Consistency = "async",
+        wait_timeout_ms: int = 1000,
+        sticky_s: float = 1.0,
+        rng: random.Random | None = None,
+    ) -> None:
+        if policy not in POLICIES:
+            raise ValueError(f"unknown policy {policy!r}; use one of {', '.join(POLICIES)}")
+        if consistency not in CONSISTENCIES:
+            raise ValueError(f"unknown consistency {consistency!r}; "
+                             f"use one of {', '.join(CONSISTENCIES)}")
+        if not replicas and not include_primary:
+            raise ValueError("no node would serve reads: give replicas or include the primary")
+        if wait_timeout_ms <= 0 or sticky_s <= 0:
+            raise ValueError("wait_timeout_ms and sticky_s must be positive")
+        names = list(names or ["primary", *(f"replica-{i}" for i in range(1, len(replicas) + 1))])
+        if len(names) != len(replicas) + 1 or len(set(names)) != len(names):
+            raise ValueError("give one distinct name per node, the primary's first")
+        self.primary = Node(names[0], "primary", primary)
+        self.replicas = [Node(n, "replica", c) for n, c in zip(names[1:], replicas, strict=True)]
+        self.readers = [*([self.primary] if include_primary else []), *self.replicas]
+        self.policy = policy
+        self.consistency = consistency
+        self.wait_timeout_ms = wait_timeout_ms
+        self.sticky_s = sticky_s
+        self.stats = BalancerStats()
+        self._rng = rng or random.Random()
+        self._turn = itertools.count()
+        self._lock = threading.Lock()
+        # key -> monotonic deadline, oldest first, so that expired pins drop off the front.
+        self._pinned: OrderedDict[str, float] = OrderedDict()
+
+    @property
+    def nodes(self) -> list[Node]:
+        return [self.primary, *self.replicas]
+
+    def pick(self) -> Node:
+        """The node that serves the next ordinary read, by the policy."""
+        with self._lock:
+            if self.policy == "random":
+                return self._rng.choice(self.readers)
+            return self.readers[next(self._turn) % len(self.readers)]
+
+    def read(self, key: str) -> Read:
+        """GET ``key`` from the node the policy picks, or from the primary if pinned."""
+        pinned = self._is_pinned(key)
+        node = self.primary if pinned else self.pick()
+        value = node.client.get(key)
+        with self._lock:
+            self.stats.reads[node.name] += 1
+            self.stats.pinned_reads += pinned
+        return Read(value, node)  # type: ignore[arg-type]
+
+    def get(self, key: str) -> str | None:
+        return self.read(key).value
+
+    def set(self, key: str, value: str) -> int | None:
+        """SET on the primary; see :meth:`write`."""
+        return self.write({key: value})
+
+    def write(self, items: Mapping[str, str] | Iterable[tuple[str, str]]) -> int | None:
+        """SET every item on the primary in one pipeline, then apply the consistency mode.
+
+        Returns the replicas that acknowledged the writes in ``wait`` mode (``WAIT``'s
+        reply), else None. ``WAIT`` goes in the same pipeline because it waits for the
+        writes of its own connection.
+        """
+        pairs = list(items.items() if isinstance(items, Mapping) else items)
+        pipe = self.primary.client.pipeline(transaction=False)
+        for key, value in pairs:
+            pipe.set(key, value)
+        waiting = self.consistency == "wait" and bool(self.replicas)
+        if waiting:
+            pipe.execute_command("WAIT", len(self.replicas), self.wait_timeout_ms)
+        replies = pipe.execute()
+        acked = int(replies[-1]) if waiting else None
+        short = acked is not None and acked < len(self.replicas)
+        with self._lock:
+            self.stats.writes += len(pairs)
+            if acked is not None:
+                self.stats.waits += 1
+                self.stats.waits_short += short
+                low = self.stats.min_acked
+                self.stats.min_acked = acked if low is None else min(low, acked)
+            if self.consistency == "primary" or short:
+                self._pin(key for key, _ in pairs)
+        return acked
+
+    def _pin(self, keys: Iterable[str]) -> None:
+        """Read ``keys`` from the primary for ``sticky_s`` (caller holds the lock)."""
+        deadline = time.monotonic() + self.sticky_s
+        for key in keys:
+            self._pinned.pop(key, None)
+            self._pinned[key] = deadline  # re-inserted last: deadlines stay in order
+
+    def _is_pinned(self, key: str) -> bool:
+        with self._lock:
+            now = time.monotonic()
+            while self._pinned and next(iter(self._pinned.values())) <= now:
+                self._pinned.popitem(last=False)
+            return key in self._pinned
+
+
+def command_calls(client: redis.Redis, commands: Iterable[str] = ("get",)) -> int:
+    """Calls of ``commands`` this node served, from its own ``INFO commandstats``."""
+    stats = client.info("commandstats")
+    return sum(int(stats.get(f"cmdstat_{c.lower()}", {}).get("calls", 0)) for c in commands)
+
+
+def replication_offsets(primary: redis.Redis, replicas: Sequence[redis.Redis]
+                        ) -> tuple[int, list[int]]:
+    """The primary's ``master_repl_offset`` and each replica's applied offset, in bytes.
+
+    The primary is asked first, so a replica that catches up meanwhile only makes its
+    lag look smaller: ``primary - replica`` never overstates the lag.
+    """
+    head = int(primary.info("replication")["master_repl_offset"])
+    return head, [int(r.info("replication")["slave_repl_offset"]) for r in replicas]
+
+
+def replication_lag_bytes(primary: redis.Redis, replicas: Sequence[redis.Redis]) -> list[int]:
+    """How many bytes of the replication stream each replica has yet to apply."""
+    head, offsets = replication_offsets(primary, replicas)
+    return [max(0, head - offset) for offset in offsets]
+
+
+class LagSampler:
+    """Samples every replica's lag in bytes from a thread, while the caller writes.
+
+    Use it as a context manager (or ``start``/``stop``): the thread polls
+    :func:`replication_lag_bytes` every ``interval_s`` until stopped, and at most
+    ``max_samples`` times. ``samples[i]`` holds replica ``i``'s lags in sampling order.
+    """
+
+    def __init__(self, primary: redis.Redis, replicas: Sequence[redis.Redis], *,
+                 interval_s: float = 0.0005, max_samples: int = 100_000) -> None:
+        self.primary = primary
+        self.replicas = list(replicas)
+        self.interval_s = interval_s
+        self.max_samples = max_samples
+        self.samples: list[list[int]] = [[] for _ in self.replicas]
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> LagSampler:
+        if self._thread is not None:
+            raise RuntimeError("the lag sampler was already started")
+        self._thread = threading.Thread(target=self._sample, name="lag sampler", daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        try:
+            for _ in range(self.max_samples):
+                if self._stop.is_set():
+                    return
+                lags = replication_lag_bytes(self.primary, self.replicas)
+                for samples, lag in zip(self.samples, lags, strict=True):
+                    samples.append(lag)
+                self._stop.wait(self.interval_s)
+        except BaseException as exc:  # raised again by stop(), in the owner's thread
+            self.error = exc
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """End the thread, wait for it, and raise what ended it, if anything."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+            if self._thread.is_alive():
+                raise RuntimeError(f"the lag sampler did not stop within {timeout_s:g}s")
+        error, self.error = self.error, None
+        if error is not None:
+            raise error
+
+    def __enter__(self) -> LagSampler:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        try:
+            self.stop()
+        except Exception:
+            if exc is None:  # do not hide the exception already on its way out
+                raise
+
+
+def wait_converged(primary: redis.Redis, replicas: Sequence[redis.Redis], *,
+                   timeout_s: float = 5.0, interval_s: float = 0.002) -> float | None:
+    """Poll until every replica's offset equals the primary's; seconds taken, or None."""
+    start = time.monotonic()
+    while True:
+        head, offsets = replication_offsets(primary, replicas)
+        if all(offset == head for offset in offsets):
+            return time.monotonic() - start
+        if time.monotonic() - start > timeout_s:
+            return None
+        time.sleep(interval_s)
+
+
+def balance(counts: Iterable[int]) -> tuple[float, float]:
+    """``max / mean`` and ``min / mean`` of per-node counts: (1.0, 1.0) is a perfect split."""
+    values = list(counts)
+    mean = sum(values) / len(values) if values else 0.0
+    if not mean:
+        return 0.0, 0.0
+    return max(values) / mean, min(values) / mean
