@@ -67,7 +67,7 @@ INFO = ExerciseInfo(
 MAX_RING_BALANCE = 1.15
 FIELDS = ("profile", "cart", "session", "prefs")
 USER_ID_SPACE = 10_000_000  # ids are drawn from here, so a seed changes the placement
-UNPIPELINED_WRITES = 2000  # the baseline: enough round trips for a steady rate, quickly
+UNPIPELINED_WRITES = 1000  # the baseline: enough round trips for a steady rate, quickly
 
 
 @dataclass
@@ -311,11 +311,12 @@ def run(
     result.note("Every key carries its user id as a hash tag, so a user's keys share one "
                 "shard in all three schemes, and multi-key commands on one user still work "
                 "in the cluster.")
-    result.note(f"The ring places shards by name (shard-0 ...): its balance depends only on "
-                f"the names and the point count ({ring_points} a shard). ketama clients "
-                f"often name shards host:port, so moving a shard to another port moves its "
-                f"keys. Try --ring-points 10 to see an uneven ring, --shards 6, or --users "
-                f"100000 for a longer write burst.")
+    result.note(f"The ring places shards by name (shard-0 ...): how much of the ring each "
+                f"shard owns depends only on the names and the points per shard "
+                f"({ring_points}). ketama clients often name shards host:port, so moving a "
+                f"shard to another port moves its keys. Try --ring-points 8 to see an uneven "
+                f"ring fail the balance check, --shards 6, or --users 100000 for a longer "
+                f"write burst.")
     result.note(f"All writes come from one client thread. Pipelines of {batch} wrote "
                 f"{by_scheme['ring'].report.writes_per_s:,.0f} keys/s to the ring's shards, "
                 f"against {unpipelined.writes_per_s:,.0f}/s with one round trip per write; "

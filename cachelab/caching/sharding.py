@@ -265,6 +265,13 @@ def write_through_cluster(client: RedisCluster, items: Iterable[tuple[str, str]]
         raise ValueError("batch must be at least 1")
     report = WriteReport()
     chunk: list[tuple[str, str]] = []
+    node_of_slot: dict[int, str] = {}  # the client's answer, asked once a slot
+
+    def node_of(key: str) -> str:
+        slot = key_slot(key)
+        if slot not in node_of_slot:
+            node_of_slot[slot] = client.get_node_from_key(key).name
+        return node_of_slot[slot]
 
     def flush() -> None:
         start = time.perf_counter()
@@ -275,7 +282,7 @@ def write_through_cluster(client: RedisCluster, items: Iterable[tuple[str, str]]
         report.seconds += time.perf_counter() - start
         for (key, _), reply in zip(chunk, replies, strict=True):
             if reply is True:
-                report.acknowledged[client.get_node_from_key(key).name] += 1
+                report.acknowledged[node_of(key)] += 1
         report.pipelines += 1
         chunk.clear()
 
