@@ -6,7 +6,7 @@ import bisect
 import itertools
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Literal
 
@@ -146,3 +146,19 @@ def run_concurrently(task: Callable[[int], object], *, workers: int, requests: i
     if errors:
         raise errors[0]
     return time.perf_counter() - start
+
+
+def balance(counts: Iterable[int]) -> tuple[float, float]:
+    """``max / mean`` and ``min / mean`` of per-node counts: (1.0, 1.0) is a perfect split;
+    (0.0, 0.0) when nothing was counted."""
+    values = list(counts)
+    mean = sum(values) / len(values) if values else 0.0
+    if not mean:
+        return 0.0, 0.0
+    return max(values) / mean, min(values) / mean
+
+
+def command_calls(client: redis.Redis, commands: Iterable[str] = ("get",)) -> int:
+    """Calls of ``commands`` this node served, from its own ``INFO commandstats``."""
+    stats = client.info("commandstats")
+    return sum(int(stats.get(f"cmdstat_{c.lower()}", {}).get("calls", 0)) for c in commands)

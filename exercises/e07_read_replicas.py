@@ -23,13 +23,11 @@ from cachelab.caching.replicas import (
     CONSISTENCIES,
     LagSampler,
     ReplicaBalancer,
-    balance,
-    command_calls,
     replication_offsets,
     wait_converged,
 )
 from cachelab.exercise import ExerciseInfo, Opt, Result
-from cachelab.measure import LatencyHistogram, key_sampler, ratio
+from cachelab.measure import LatencyHistogram, balance, command_calls, key_sampler, ratio
 
 if TYPE_CHECKING:
     import redis

@@ -89,9 +89,9 @@ class SchemeRun:
 
     @property
     def balance(self) -> float:
-        from cachelab.caching.sharding import balance
+        from cachelab.measure import balance
 
-        return balance(self.found(s) for s in self.shards)
+        return balance(self.found(s) for s in self.shards)[0]
 
     def disagreements(self) -> list[str]:
         """Shards whose own counts differ from the router's (acknowledged and recomputed)."""
@@ -106,13 +106,14 @@ def inspect(scheme: str, clients: dict[str, redis.Redis], labels: dict[str, str]
             report: WriteReport, expected: dict[str, str], calls_before: dict[str, int],
             expected_share: dict[str, float]) -> SchemeRun:
     """Read back from every shard: SCAN for the keys, INFO and DBSIZE for the counts."""
-    from cachelab.caching.sharding import check_placement, scan_keys, set_calls
+    from cachelab.caching.sharding import check_placement, scan_keys
+    from cachelab.measure import command_calls
 
     found = {name: scan_keys(client, "user:*") for name, client in clients.items()}
     return SchemeRun(
         scheme=scheme, shards=list(clients), labels=labels, report=report,
         routed=Counter(expected.values()),
-        set_calls={n: set_calls(c) - calls_before[n] for n, c in clients.items()},
+        set_calls={n: command_calls(c, ["set"]) - calls_before[n] for n, c in clients.items()},
         dbsize={n: int(c.dbsize()) for n, c in clients.items()},
         placement=check_placement(expected, found), expected_share=expected_share)
 
@@ -158,10 +159,10 @@ def run(
         SlotMap,
         key_slot,
         modulo_shard,
-        set_calls,
         write_through_cluster,
     )
     from cachelab.fixtures.topology import CLUSTER_SLOTS
+    from cachelab.measure import command_calls
 
     result = Result()
     user_ids = lab.rng("users").sample(range(1, USER_ID_SPACE), users)
@@ -194,7 +195,7 @@ def run(
         route, share = routers[scheme]
         for client in clients.values():
             client.flushall()  # each scheme starts from empty shards
-        before = {name: set_calls(client) for name, client in clients.items()}
+        before = {name: command_calls(client, ["set"]) for name, client in clients.items()}
         report = ShardedWriter(clients, route, batch=batch).write(items())
         expected = {key: route(sharding_key) for sharding_key, key in keys}
         runs.append(inspect(scheme, clients, {n: n for n in names}, report, expected, before,
@@ -211,7 +212,7 @@ def run(
     slot_map = SlotMap.from_node(next(iter(master_clients.values())))
     ordered = {address: master_clients[address] for address in slot_map.masters
                if address in master_clients}
-    before = {address: set_calls(client) for address, client in ordered.items()}
+    before = {address: command_calls(client, ["set"]) for address, client in ordered.items()}
     report = write_through_cluster(cluster_client, ((key, value) for _, key in keys),
                                    batch=batch)
     expected = {key: slot_map.owner_of_key(key) for _, key in keys}

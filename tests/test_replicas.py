@@ -13,14 +13,13 @@ import redis
 from cachelab.caching.replicas import (
     LagSampler,
     ReplicaBalancer,
-    balance,
-    command_calls,
     replication_lag_bytes,
     replication_offsets,
     wait_converged,
 )
 from cachelab.fixtures.topology import ReplicaSet
 from cachelab.lab import Lab
+from cachelab.measure import balance, command_calls
 
 
 @dataclass

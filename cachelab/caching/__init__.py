@@ -55,6 +55,13 @@ _WHERE = {
     "WriteThroughStats": "cachelab.caching.eager",
     "xfetch_due": "cachelab.caching.warming",
     "XFetchCache": "cachelab.caching.warming",
+    "ReplicaBalancer": "cachelab.caching.replicas",
+    "LagSampler": "cachelab.caching.replicas",
+    "wait_converged": "cachelab.caching.replicas",
+    "ShardedWriter": "cachelab.caching.sharding",
+    "SlotMap": "cachelab.caching.sharding",
+    "ketama_hash": "cachelab.caching.sharding",
+    "check_placement": "cachelab.caching.sharding",
 }
 
 __all__ = sorted(_WHERE)

@@ -204,12 +204,6 @@ class ReplicaBalancer:
             return key in self._pinned
 
 
-def command_calls(client: redis.Redis, commands: Iterable[str] = ("get",)) -> int:
-    """Calls of ``commands`` this node served, from its own ``INFO commandstats``."""
-    stats = client.info("commandstats")
-    return sum(int(stats.get(f"cmdstat_{c.lower()}", {}).get("calls", 0)) for c in commands)
-
-
 def replication_offsets(primary: redis.Redis, replicas: Sequence[redis.Redis]
                         ) -> tuple[int, list[int]]:
     """The primary's ``master_repl_offset`` and each replica's applied offset, in bytes.
@@ -299,12 +293,3 @@ def wait_converged(primary: redis.Redis, replicas: Sequence[redis.Redis], *,
         if time.monotonic() - start > timeout_s:
             return None
         time.sleep(interval_s)
-
-
-def balance(counts: Iterable[int]) -> tuple[float, float]:
-    """``max / mean`` and ``min / mean`` of per-node counts: (1.0, 1.0) is a perfect split."""
-    values = list(counts)
-    mean = sum(values) / len(values) if values else 0.0
-    if not mean:
-        return 0.0, 0.0
-    return max(values) / mean, min(values) / mean

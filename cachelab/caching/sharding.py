@@ -129,13 +129,6 @@ def modulo_shard(key: str, shards: int) -> int:
     return ring_hash(key) % shards
 
 
-def balance(counts: Iterable[int]) -> float:
-    """Load balance as max over mean: 1.0 is perfectly even; 0.0 when nothing was counted."""
-    values = list(counts)
-    total = sum(values)
-    return max(values) * len(values) / total if total else 0.0
-
-
 # ---------------------------------------------------------------- Redis Cluster's slots
 
 
@@ -298,12 +291,6 @@ def write_through_cluster(client: RedisCluster, items: Iterable[tuple[str, str]]
 def scan_keys(client: redis.Redis, match: str = "*", count: int = 1000) -> list[str]:
     """Every key on one server (or one cluster node) matching ``match``, by SCAN."""
     return [_text(key) for key in client.scan_iter(match=match, count=count)]
-
-
-def set_calls(client: redis.Redis) -> int:
-    """How many SET commands this server has run (``INFO commandstats``)."""
-    stats: Any = client.info("commandstats")
-    return int(stats.get("cmdstat_set", {}).get("calls", 0))
 
 
 @dataclass(frozen=True)
