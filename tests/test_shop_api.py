@@ -1,0 +1,147 @@
+"""The shop HTTP API over a real socket: strategies, bad input, `cachelab serve`."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+from typer.testing import CliRunner
+
+from cachelab.cli import app
+from cachelab.fixtures._ports import claim_port
+from cachelab.lab import Lab
+
+
+def test_lazy_api_misses_once_then_serves_from_redis_and_invalidates_on_update(
+        lab: Lab) -> None:
+    api = lab.shop_api("lazy")
+    with httpx.Client(base_url=api.url) as http:
+        before = api.stats()["db_queries"]
+        first, second = http.get("/users/3"), http.get("/users/3")
+        assert first.status_code == second.status_code == 200
+        assert (first.headers["x-cache"], second.headers["x-cache"]) == ("miss", "hit")
+        assert first.json() == second.json()
+        assert api.stats()["db_queries"] - before == 1  # only the miss reached the database
+
+        updated = http.put("/users/3", json={"bio": "moved to Lisbon"})
+        assert updated.status_code == 200
+        after = http.get("/users/3")
+        assert after.headers["x-cache"] == "miss"  # the update deleted the cached profile
+        assert after.json()["bio"] == "moved to Lisbon"
+        assert after.json()["version"] == first.json()["version"] + 1
+
+
+def test_eager_api_serves_every_product_from_the_preloaded_cache(lab: Lab) -> None:
+    api = lab.shop_api("eager")
+    with httpx.Client(base_url=api.url) as http:
+        before = api.stats()["db_queries"]
+        answers = [http.get(f"/products/{i}") for i in range(1, 21)]
+        assert {a.headers["x-cache"] for a in answers} == {"hit"}
+        assert api.stats()["db_queries"] == before
+
+        changed = http.put("/products/5", json={"price_cents": 1234, "stock": 9})
+        assert changed.status_code == 200
+        again = http.get("/products/5")
+        assert again.headers["x-cache"] == "hit"  # written through, not deleted
+        assert (again.json()["price_cents"], again.json()["stock"]) == (1234, 9)
+
+
+def test_uncached_api_sends_every_read_to_the_database(lab: Lab) -> None:
+    api = lab.shop_api("none")
+    with httpx.Client(base_url=api.url) as http:
+        before = api.stats()["db_queries"]
+        answers = [http.get("/posts/1/comments") for _ in range(5)]
+        assert {a.headers["x-cache"] for a in answers} == {"bypass"}
+        assert api.stats()["db_queries"] - before == 5
+        report = http.get("/reports/sales", params={"start": "2024-01-01",
+                                                    "end": "2024-12-31", "city": "Osaka"})
+        assert report.status_code == 200 and isinstance(report.json(), list)
+
+
+def test_a_comment_reaches_the_cached_list(lab: Lab) -> None:
+    api = lab.shop_api("lazy")
+    with httpx.Client(base_url=api.url) as http:
+        http.get("/posts/2/comments")
+        posted = http.post("/posts/2/comments", json={"user_id": 1, "body": "first!"})
+        assert posted.status_code == 201
+        latest = http.get("/posts/2/comments").json()
+        assert latest[0]["id"] == posted.json()["id"] and latest[0]["body"] == "first!"
+
+
+BAD_REQUESTS = [
+    ("GET", "/no/such/path", None, 404),
+    ("GET", "/users/abc", None, 422),
+    ("GET", "/users/99999999", None, 404),
+    ("GET", "/products/1.5", None, 422),
+    ("GET", "/products/1/page/extra", None, 404),
+    ("GET", "/reports/sales?start=yesterday&end=2024-01-01&city=Osaka", None, 422),
+    ("GET", "/reports/sales", None, 422),
+    ("PUT", "/products/1", {"price_cents": -5, "stock": 1}, 422),
+    ("PUT", "/products/99999999", {"price_cents": 5, "stock": 1}, 404),
+    ("PUT", "/users/1", {"nothing": 1}, 422),
+    ("POST", "/posts/99999999/comments", {"user_id": 1, "body": "x"}, 404),
+]
+
+
+def test_bad_requests_get_a_4xx_never_a_500(lab: Lab) -> None:
+    api = lab.shop_api("lazy")
+    with httpx.Client(base_url=api.url) as http:
+        answers = {(method, path): http.request(method, path, json=body)
+                   for method, path, body, _ in BAD_REQUESTS}
+    got = {request: (a.status_code, "Traceback" in a.text) for request, a in answers.items()}
+    assert got == {(method, path): (status, False)
+                   for method, path, _, status in BAD_REQUESTS}
+
+
+def test_the_api_process_is_gone_after_the_lab() -> None:
+    with Lab() as lab:
+        api = lab.shop_api("lazy")
+        process = psutil.Process(api.pid)
+        assert httpx.get(f"{api.url}/health").json()["status"] == "ok"
+    assert not process.is_running() or process.status() == psutil.STATUS_ZOMBIE
+
+
+def test_serve_answers_then_stops_everything_on_ctrl_c(tmp_path: Path) -> None:
+    """As a real subprocess: the API, its Redis and its database, then Ctrl-C."""
+    claim = claim_port()
+    port = claim.port
+    claim.release()
+    serve = subprocess.Popen([sys.executable, "-m", "cachelab", "serve", "--port", str(port),
+                              "--scale", "0.2", "--caching", "eager"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=1)
+                break
+            except httpx.TransportError:
+                assert serve.poll() is None, serve.communicate()
+                time.sleep(0.05)
+        assert health.json() == {"status": "ok", "caching": "eager"}
+        spec = httpx.get(f"http://127.0.0.1:{port}/openapi.json").json()
+        assert "/users/{user_id}" in spec["paths"]
+        children = psutil.Process(serve.pid).children(recursive=True)
+        assert any("redis-server" in c.name() for c in children)
+    finally:
+        serve.send_signal(signal.SIGINT)
+        out, err = serve.communicate(timeout=30)
+    assert serve.returncode == 0, err
+    assert f"http://127.0.0.1:{port}" in out and "Stopped" in out
+    assert not any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children)
+
+
+def test_serve_on_a_busy_port_is_a_usage_error() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = CliRunner().invoke(app, ["serve", "--port", str(port)])
+    assert result.exit_code == 2
+    assert f"port {port}" in result.stderr and "--port" in result.stderr
