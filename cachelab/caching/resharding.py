@@ -115,9 +115,9 @@ class LiveTraffic:
     missing. Any exception the client raises is counted as an error, by type (a
     client's own bug is an error its users see too). A write that raised may or may
     not have landed; both values are then accepted until a read or a later write
-    settles which. Counts are kept per
-    ``phase``, a name the owner sets while the thread runs. The thread is paced at
-    ``rate_per_s`` and stops by itself after ``max_s``.
+    settles which. Counts are kept per ``phase``, a name the owner sets while the
+    thread runs. The thread is paced at ``rate_per_s`` and stops by itself after
+    ``max_s``.
 
     Args:
         get: reads a key (``None`` when absent).
@@ -262,32 +262,6 @@ class LiveTraffic:
                 raise
 
 
-def load(values: Mapping[str, str], owner: Callable[[str], str],
-         clients: Mapping[str, redis.Redis], *, cluster: bool = False,
-         chunk: int = 1000) -> Counter[str]:
-    """Write every key to the server that owns it, ``chunk`` keys a round trip.
-
-    A cluster node refuses a multi-key command across slots, so with ``cluster``
-    each key is its own SET in a pipeline; otherwise one MSET writes a chunk.
-    Returns how many keys each owner received.
-    """
-    by_owner: dict[str, list[tuple[str, str]]] = {}
-    for key, value in values.items():
-        by_owner.setdefault(owner(key), []).append((key, value))
-    for name, items in by_owner.items():
-        client = clients[name]
-        for i in range(0, len(items), chunk):
-            part = items[i:i + chunk]
-            if cluster:
-                pipe = client.pipeline(transaction=False)
-                for key, value in part:
-                    pipe.set(key, value)
-                pipe.execute()
-            else:
-                client.mset(dict(part))
-    return Counter({name: len(items) for name, items in by_owner.items()})
-
-
 # --- standalone shards ---------------------------------------------------------------
 
 
@@ -304,9 +278,6 @@ class RouterCounts:
 class MigratingRouter:
     """Routes keys over standalone shards while a new shard takes over its keys.
 
-    Its read counts are plain integers: call :meth:`get` and :meth:`set` from one
-    thread; :meth:`begin` and :meth:`finish` may come from another (the migrator's).
-
     Before a migration every operation goes to the key's owner on the current ring.
     During one (:meth:`begin`) writes go to the owner on the new ring, and reads try
     the new owner, then the old owner (a key not moved yet), then the new owner once
@@ -314,6 +285,9 @@ class MigratingRouter:
     so a key that moved between the first two reads is on the new owner by the third.
     :meth:`finish` makes the new ring the only one. Deletes are not supported: one
     during a migration would have to reach both owners.
+
+    Its read counts are plain integers: call :meth:`get` and :meth:`set` from one
+    thread; :meth:`begin` and :meth:`finish` may come from another (the migrator's).
 
     Args:
         shards: a client per shard name, the new shard's included once it runs.
@@ -599,7 +573,33 @@ class SlotMigration:
             self._setslot(node, slots, "NODE", target.node_id)
 
 
-# --- what is where afterwards ----------------------------------------------------------
+# --- writing and reading every node ----------------------------------------------
+
+
+def load(values: Mapping[str, str], owner: Callable[[str], str],
+         clients: Mapping[str, redis.Redis], *, cluster: bool = False,
+         chunk: int = 1000) -> Counter[str]:
+    """Write every key to the server that owns it, ``chunk`` keys a round trip.
+
+    A cluster node refuses a multi-key command across slots, so with ``cluster``
+    each key is its own SET in a pipeline; otherwise one MSET writes a chunk.
+    Returns how many keys each owner received.
+    """
+    by_owner: dict[str, list[tuple[str, str]]] = {}
+    for key, value in values.items():
+        by_owner.setdefault(owner(key), []).append((key, value))
+    for name, items in by_owner.items():
+        client = clients[name]
+        for i in range(0, len(items), chunk):
+            part = items[i:i + chunk]
+            if cluster:
+                pipe = client.pipeline(transaction=False)
+                for key, value in part:
+                    pipe.set(key, value)
+                pipe.execute()
+            else:
+                client.mset(dict(part))
+    return Counter({name: len(items) for name, items in by_owner.items()})
 
 
 def read_all(client: redis.Redis, *, cluster: bool = False, chunk: int = 1000
