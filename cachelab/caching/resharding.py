@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
-from cachelab.caching.sharding import ShardRing, modulo_shard
+from cachelab.caching.sharding import ShardRing, key_slot, modulo_shard
 
 if TYPE_CHECKING:  # redis is imported by whoever builds the clients
     import redis
@@ -413,13 +413,6 @@ def migrate_moved(moves: Movement, shards: Mapping[str, redis.Redis],
 
 
 # --- Redis Cluster -------------------------------------------------------------------
-
-
-def key_slot(key: str) -> int:
-    """The cluster slot of ``key`` (CRC16 of the key or its ``{hash tag}``, mod 16384)."""
-    from redis.crc import key_slot as crc_slot
-
-    return int(crc_slot(key.encode()))
 
 
 @dataclass(frozen=True)

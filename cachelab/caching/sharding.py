@@ -172,7 +172,7 @@ def key_slot(key: str) -> int:
     """Redis Cluster's slot of ``key`` (CRC16 of its hash tag, or of the key, mod 16384)."""
     from redis.crc import key_slot as crc_slot
 
-    return crc_slot(key.encode())
+    return int(crc_slot(key.encode()))
 
 
 def _text(value: str | bytes) -> str:
