@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
-from cachelab.caching.sharding import ShardRing, key_slot, modulo_shard
+from cachelab.caching.sharding import ShardRing, modulo_shard
 
 if TYPE_CHECKING:  # redis is imported by whoever builds the clients
     import redis
