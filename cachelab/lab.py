@@ -128,11 +128,13 @@ class Lab:
                                          name=name, config=self._config(config)))
 
     def sentinels(self, replica_set: ReplicaSet, count: int = 3, quorum: int = 2,
-                  down_after_ms: int = 1000, service: str = "mymaster") -> SentinelGroup:
+                  down_after_ms: int = 1000, service: str = "mymaster",
+                  failover_timeout_ms: int = 10000) -> SentinelGroup:
         """``count`` Sentinels watching ``replica_set``, aware of it and of each other."""
         return self._topology(SentinelGroup(self.binary, self.workdir, replica_set,
                                             count=count, quorum=quorum, service=service,
-                                            down_after_ms=down_after_ms))
+                                            down_after_ms=down_after_ms,
+                                            failover_timeout_ms=failover_timeout_ms))
 
     def cluster(self, masters: int = 3, replicas: int = 1, name: str = "cluster",
                 node_timeout_ms: int = 2000, **config: str) -> Cluster:
