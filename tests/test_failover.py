@@ -19,12 +19,26 @@ from cachelab.caching.failover import (
     switched_to,
 )
 from cachelab.fixtures.redis_server import RedisServer
-from cachelab.fixtures.topology import info, wait_until
+from cachelab.fixtures.topology import ReplicaSet, info, wait_until
 from cachelab.lab import Lab
 
 
 def address(server: RedisServer) -> tuple[str, int]:
     return server.host, server.port
+
+
+def online_replica_set(lab: Lab, replicas: int) -> ReplicaSet:
+    """A replica set whose primary streams to every replica: WAIT confirms a write on all.
+
+    Right after a diskless sync the primary holds a replica's stream until its first
+    REPLCONF ACK, up to a second later.
+    """
+    replica_set = lab.replica_set(replicas=replicas, name="rs")
+    with replica_set.primary.client() as client:
+        client.set("ready", 1)
+        client.delete("ready")
+        assert client.execute_command("WAIT", replicas, 10_000) == replicas
+    return replica_set
 
 
 def test_writer_records_acknowledged_and_failed_writes_and_reads_them_back(lab: Lab) -> None:
@@ -82,7 +96,7 @@ def test_writer_thread_is_bounded_by_its_rate_and_stops(lab: Lab) -> None:
 
 
 def test_health_check_fails_over_only_after_n_failures_in_a_row(lab: Lab) -> None:
-    replicas = lab.replica_set(replicas=2, name="rs")
+    replicas = online_replica_set(lab, 2)
     lagging, current = replicas.replicas[1], replicas.replicas[0]
     with replicas.primary.client() as primary:
         primary.set("before", 1)
@@ -121,7 +135,7 @@ def test_health_check_fails_over_only_after_n_failures_in_a_row(lab: Lab) -> Non
 
 
 def test_health_check_thread_promotes_and_the_writer_follows(lab: Lab) -> None:
-    replicas = lab.replica_set(replicas=2, name="rs")
+    replicas = online_replica_set(lab, 2)
     health = HealthCheckFailover(address(replicas.primary),
                                  [address(r) for r in replicas.replicas],
                                  interval_s=0.05, timeout_s=0.2, failures=2)
