@@ -18,6 +18,7 @@ acked_writes_healthcheck, lost_acked_writes_healthcheck.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -140,14 +141,12 @@ class Scenario:
         """Keys on the new primary that no write of this run explains (should be none)."""
         return self.keys_on_new_primary - len(self.found)
 
-    def error_kinds(self) -> str:
-        from collections import Counter
-
+    def error_kinds(self) -> Counter[str]:
+        """Failed writes by the exception redis-py raised."""
         from cachelab.caching.failover import FAILED
 
-        kinds = Counter(w.error.split(":")[0] for w in self.writer.writes
-                        if w.outcome == FAILED)
-        return ", ".join(f"{kind} ×{count}" for kind, count in kinds.most_common()) or "none"
+        return Counter(w.error.split(":")[0] for w in self.writer.writes
+                       if w.outcome == FAILED)
 
 
 def _address(server: RedisServer) -> tuple[str, int]:
@@ -181,7 +180,6 @@ def _drive(lab: Lab, scenario: Scenario, *, before_kill_s: float, after_s: float
     from cachelab.caching.failover import ACKED, FAILED
 
     writer = scenario.writer
-    stop_at = [0.0]
 
     def snapshot() -> dict[str, Any]:
         return {"scenario": scenario.name, "acknowledged": writer.counts[ACKED],
@@ -194,9 +192,9 @@ def _drive(lab: Lab, scenario: Scenario, *, before_kill_s: float, after_s: float
         scenario.kill_s = time.monotonic()
         scenario.replica_set.primary.kill()
         scenario.dead_s = time.monotonic()
-        stop_at[0] = scenario.kill_s + give_up_s
+        give_up_at = scenario.kill_s + give_up_s
         while writer.first_acked_since(scenario.dead_s) is None:
-            if time.monotonic() > stop_at[0] or writer.error is not None:
+            if time.monotonic() > give_up_at or writer.error is not None:
                 break
             time.sleep(0.01)
         else:
@@ -418,6 +416,14 @@ def run(
          ["… of them before the kill", *(s.acked_before_kill for s in scenarios)],
          ["acknowledged writes lost", *(len(s.lost) for s in scenarios)],
          ["keys on the new primary", *(s.keys_on_new_primary for s in scenarios)]])
+
+    kinds = [s.error_kinds() for s in scenarios]
+    result.table(
+        "Write errors by kind (no retries: each is a write the application saw fail)",
+        ["error", *labels],
+        [[kind, *(k[kind] for k in kinds)]
+         for kind in sorted(set().union(*kinds), key=lambda k: -sum(c[k] for c in kinds))]
+        or [["none", 0, 0, 0]])
 
     result.table(
         "What the Sentinels announced (Sentinel run, first of each event)",
