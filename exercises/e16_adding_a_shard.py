@@ -237,11 +237,11 @@ def _reshard(lab: Lab, cluster: Cluster, added: RedisServer, values: dict[str, s
         LiveTraffic,
         SlotMigration,
         audit,
-        key_slot,
         plan_reshard,
         read_all,
         slot_owners,
     )
+    from cachelab.caching.sharding import key_slot
     from cachelab.fixtures.topology import info_cluster
 
     # Known to all is not enough: until it has learnt the slot map (and its start-up
@@ -324,13 +324,12 @@ def run(
     from cachelab.caching.resharding import (
         CLUSTER_SLOTS,
         expected_moved_fraction,
-        key_slot,
         load,
         modulo_owner,
         movement,
         slot_owners,
     )
-    from cachelab.caching.sharding import ShardRing
+    from cachelab.caching.sharding import ShardRing, key_slot
 
     result = Result()
     n = shards

@@ -17,7 +17,6 @@ from cachelab.caching.resharding import (
     SlotMigration,
     audit,
     expected_moved_fraction,
-    key_slot,
     load,
     migrate_keys,
     migrate_moved,
@@ -27,7 +26,7 @@ from cachelab.caching.resharding import (
     read_all,
     slot_owners,
 )
-from cachelab.caching.sharding import ShardRing
+from cachelab.caching.sharding import ShardRing, key_slot
 from cachelab.fixtures.redis_server import RedisServer
 from cachelab.fixtures.topology import info_cluster, node_id
 from cachelab.lab import Lab
