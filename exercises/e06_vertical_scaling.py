@@ -7,13 +7,14 @@ the cut-over pauses the old one's writes, lets the replica catch up and promotes
 For comparison a second larger instance gets a copy by ``SCAN`` + ``DUMP``/``PTTL`` and
 ``RESTORE``, taken live, then completed by a catch-up pass from the paused old
 instance. The application's configuration, a JSON file it re-reads when it changes,
-is replaced atomically, and the old instance is stopped. Both copies are compared key
-by key, value and TTL, with the old instance's final state; the servers' own counters
-show where the application's reads went; the workload's errors are counted and timed.
+is replaced atomically, its connections to the old instance are closed, and the old
+instance, read one last time, is stopped. Both copies are compared key by key, value
+and TTL, with that final state; the servers' own counters show where the application's
+reads went; the workload's errors are counted and timed.
 
 Metrics: keys, keys_missing, value_mismatches, ttl_mismatches, keys_extra,
-live_writes_checked, keys_rewritten_after_switch, migration_s_replication, replication_sync_s,
-write_pause_ms_replication, migration_s_copy, copy_bulk_s, copy_catchup_s,
+live_writes_checked, keys_rewritten_after_switch, migration_s_replication,
+replication_sync_s, write_pause_ms_replication, migration_s_copy, copy_bulk_s, copy_catchup_s,
 write_pause_ms_copy, copy_drift_keys, copy_keys_missing, copy_ttl_mismatches,
 workload_errors, failed_ops, switch_stall_ms, reads, wrong_reads, reads_on_new,
 new_get_calls, old_used_memory_ratio, old_evicted_keys, oom_refusals,
@@ -51,21 +52,25 @@ INFO = ExerciseInfo(
         "Start a small Redis and point the application at it through a JSON config file. "
         "Fill it with the application's writes until INFO memory shows it at maxmemory "
         "and INFO stats counts evictions (or writes fail with OOM, with noeviction).",
-        "Keep the workload running (reads and writes of its own keys, half of the writes "
-        "with a TTL) and copy the data into a larger instance by SCAN + DUMP/PTTL and "
-        "RESTORE in pipelines, timing the pass.",
+        "Keep the workload running (reads and writes of each worker's own keys, a share "
+        "of the writes with a TTL) and copy the data into a larger instance by SCAN + "
+        "DUMP/PTTL and RESTORE in pipelines, timing the pass.",
         "Start another larger instance, make it a replica of the small one (REPLICAOF), "
         "wait for the sync, and let it follow the live writes for a while.",
-        "Cut over: CLIENT PAUSE WRITE on the small instance, wait until the replica's "
-        "offset equals the primary's, promote it (REPLICAOF NO ONE). With the old data "
-        "standing still, read it and both copies key by key.",
-        "Replace the application's config file atomically (os.replace), stop the old "
-        "instance, and let the workload go on against the new one; its blocked writes "
-        "fail, are counted, and are retried against the new address.",
-        "Finish the DUMP/RESTORE copy with a catch-up pass from the paused old state, "
-        "and compare both copies with it: every key, value and TTL (within a second).",
+        "Cut over: CLIENT PAUSE WRITE on the small instance (reads go on; expiry and "
+        "eviction stop), wait until the replica's offset equals the primary's, and "
+        "promote it (REPLICAOF NO ONE).",
+        "Replace the application's config file atomically (os.replace) and close its "
+        "connections to the old instance: writes held by the pause are dropped there, "
+        "counted as errors, and retried against the new address.",
+        "Read the old instance's final state (paused, and left by the application) key by "
+        "key, then stop it; let the workload go on against the new instance.",
+        "Compare the promoted replica with that final state, every key, value and TTL "
+        "(within a second); keys the application rewrote after the switch must hold its "
+        "last value. Finish the DUMP/RESTORE copy with a catch-up pass from the final "
+        "state and compare it too.",
         "Check from INFO commandstats and keyspace stats that the application's reads "
-        "after the switch reached the new instance.",
+        "after the switch reached the new instance, as many as it made there.",
     ),
     fixtures=("redis-small", "redis-large", "redis-large-copy", "config-file"),
     checks=(
@@ -167,7 +172,7 @@ def run(
 
     filled = workload.fill(full, batch=batch, max_keys=old_maxmemory_mb * 2**20 // 32)
     phases = [memory_row(f"filled ({filled} writes)", old_admin, workload)]
-    with lab.live(f"{INFO.id}: the application, live", workload.snapshot):
+    with lab.live(f"{INFO.id}: the application, live", workload.live_counters):
         lab.enter_context(workload)
         time.sleep(live_s)
         old_ratio = used_memory_ratio(old_admin)
@@ -258,7 +263,8 @@ def run(
                   "OOM refusals"], phases)
     result.table("Two ways to move, compared with the old instance's final state",
                  ["copy", "keys compared", "missing", "other value", "TTL off > 1s", "extra"],
-                 [comparison_row("replication (REPLICAOF, promoted)", by_replication),
+                 [comparison_row("replication, promoted (less keys the app rewrote since)",
+                                 by_replication),
                   comparison_row("DUMP/RESTORE, live pass only", drift),
                   comparison_row("DUMP/RESTORE, after the catch-up", by_copy)])
     result.table("Time taken", ["copy", "moving s", "writes paused ms", "how"],
@@ -272,7 +278,7 @@ def run(
                  ["instance", "address", "GET calls (commandstats)", "app reads there",
                   "keyspace hits", "app hits there"],
                  [["old (until stopped)", old_address, old_gets, workload.reads_at(old_address),
-                   "", workload.hits_at(old_address)],
+                   "-", workload.hits_at(old_address)],
                   ["new (after the switch)", new_address, new_gets, reads_new,
                    new_seen["keyspace_hits"], hits_new]])
     marks = [("replica attached (REPLICAOF)", move.started_at),

@@ -557,6 +557,7 @@ class LiveWorkload:
         config_path: the JSON file written by :func:`write_config`.
         clients: worker threads.
         rngs: one random source per worker.
+        namespace: the key prefix.
         value_bytes: length of each value.
         write_share: the share of operations that write.
         new_key_share: the share of writes that go to a key never written before.
@@ -565,6 +566,8 @@ class LiveWorkload:
         pace_s: sleep between two operations of a worker (0: as fast as it can).
         socket_timeout_s: the longest wait for one reply.
         retry_for_s: how long one operation is retried before it counts as failed.
+        retry_sleep_s: the wait between two attempts.
+        client_name: connections are named ``<client_name>-<worker>``.
     """
 
     def __init__(self, config_path: Path, *, clients: int, rngs: Sequence[random.Random],
@@ -685,8 +688,8 @@ class LiveWorkload:
     def total(self, name: str) -> int:
         return sum(int(getattr(w.stats, name)) for w in self.workers)
 
-    def snapshot(self) -> dict[str, Any]:
-        """Live counters for a progress display."""
+    def live_counters(self) -> dict[str, Any]:
+        """Counters for a live display, read while the workers run."""
         return {"reads": self.total("reads"), "writes": self.total("writes"),
                 "errors": sum(len(w.stats.errors) for w in self.workers),
                 "wrong reads": self.total("wrong_reads"),
