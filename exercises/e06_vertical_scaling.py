@@ -139,7 +139,6 @@ def run(
         LiveWorkload,
         ReplicationMove,
         catch_up,
-        command_calls,
         compare,
         copy_keys,
         disconnect_clients,
@@ -147,7 +146,7 @@ def run(
         used_memory_ratio,
         write_config,
     )
-    from cachelab.measure import counter_delta, keyspace_counters
+    from cachelab.measure import command_calls, counter_delta, keyspace_counters
 
     result = Result()
     memory = {"maxmemory_policy": policy}
@@ -199,7 +198,7 @@ def run(
         phases.append(memory_row("writes paused, replica promoted", old_admin, workload))
 
         new_before = keyspace_counters(new_admin)
-        new_gets_before = command_calls(new_admin, "get")
+        new_gets_before = command_calls(new_admin, ["get"])
 
         # 4. Switch the application: a new config file, and its connections to the old
         # instance closed, which drops the writes the pause holds there (they are retried).
@@ -213,14 +212,14 @@ def run(
         final = snapshot(old_raw, match=f"{NAMESPACE}:*", batch=batch)
         final_read_s = time.perf_counter() - t
         final_read_at = time.monotonic()
-        old_gets = command_calls(old_admin, "get")
+        old_gets = command_calls(old_admin, ["get"])
         old.stop()
         stopped_at = time.monotonic()
         time.sleep(max(0.0, switched_at + live_s - stopped_at))
         workload.stop()
     ended_at = time.monotonic()
     new_seen = counter_delta(new_before, keyspace_counters(new_admin))
-    new_gets = command_calls(new_admin, "get") - new_gets_before
+    new_gets = command_calls(new_admin, ["get"]) - new_gets_before
     new_ratio = used_memory_ratio(new_admin)
     new_evicted = int(new_admin.info("stats")["evicted_keys"])
 

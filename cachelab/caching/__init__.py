@@ -62,6 +62,18 @@ _WHERE = {
     "SlotMap": "cachelab.caching.sharding",
     "ketama_hash": "cachelab.caching.sharding",
     "check_placement": "cachelab.caching.sharding",
+    "CacheAddress": "cachelab.caching.migration",
+    "ConfigWatcher": "cachelab.caching.migration",
+    "LiveWorkload": "cachelab.caching.migration",
+    "ReplicationMove": "cachelab.caching.migration",
+    "copy_keys": "cachelab.caching.migration",
+    "write_config": "cachelab.caching.migration",
+    "SequenceWriter": "cachelab.caching.failover",
+    "HealthCheckFailover": "cachelab.caching.failover",
+    "SentinelEvents": "cachelab.caching.failover",
+    "MigratingRouter": "cachelab.caching.resharding",
+    "SlotMigration": "cachelab.caching.resharding",
+    "plan_reshard": "cachelab.caching.resharding",
 }
 
 __all__ = sorted(_WHERE)

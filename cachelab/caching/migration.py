@@ -97,12 +97,6 @@ class ConfigWatcher:
 # ------------------------------------------------------------------------ counters
 
 
-def command_calls(client: redis.Redis, command: str) -> int:
-    """How many times the server ran ``command`` (``INFO commandstats``), 0 if never."""
-    stats: Any = client.info("commandstats")
-    return int(stats.get(f"cmdstat_{command.lower()}", {}).get("calls", 0))
-
-
 def used_memory_ratio(client: redis.Redis) -> float:
     """``used_memory / maxmemory`` from the server's own ``INFO memory`` (0 if unlimited)."""
     memory: Any = client.info("memory")
