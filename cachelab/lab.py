@@ -61,6 +61,7 @@ class Lab:
         self._servers: list[RedisServer] = []
         self._topologies: list[ReplicaSet | SentinelGroup | Cluster] = []
         self._workdir: Path | None = None
+        self._shops = 0
 
     def __enter__(self) -> Lab:
         self._stack.__enter__()
@@ -172,6 +173,7 @@ class Lab:
     def shop(self, name: str = "shop") -> ShopDatabase:
         """Build the seeded shop database and return it as the application sees it."""
         path = self.workdir / f"{name}.db"
+        self._shops += 1
         size = build_shop(path, scale=self.settings.scale, seed=self.settings.seed)
         db = ShopDatabase(path, latency_ms=self.settings.db_latency_ms, size=size)
         self._stack.callback(db.close)
@@ -199,7 +201,7 @@ class Lab:
 
     def environment(self) -> dict[str, Any]:
         """What the run ran on, for the result's ``environment``."""
-        env: dict[str, Any] = {"backend": "local"}
+        env: dict[str, Any] = {"backend": "local", "shop_database": self._shops > 0}
         if self._binary is not None:
             env["redis_version"] = self._binary.version
             env["redis_server"] = str(self._binary.path)

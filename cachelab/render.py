@@ -34,7 +34,10 @@ def environment_line(record: dict[str, Any]) -> str:
     latency = params.get("db_latency_ms", 0)
     db = (f"SQLite + {fmt(latency)} ms modelled round trip per query" if latency
           else "raw SQLite (no modelled latency)")
-    return f"{redis} · {db} · seed {params.get('seed')} · {env.get('backend', 'local')} backend"
+    parts = [redis, db, f"seed {params.get('seed')}", f"{env.get('backend', 'local')} backend"]
+    if not env.get("shop_database", True):  # runs saved before this was recorded: shown
+        parts.remove(db)
+    return " · ".join(parts)
 
 
 def table_renderable(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]

@@ -73,3 +73,9 @@ def test_charts_render_as_bars_and_markdown_tables() -> None:
     bars = {value: len(bar) for bar, value in re.findall(r"(█+)\s+([\d.]+)", text)}
     assert bars == {"0.25": 17, "0.3": 20, "0.5": 33, "0.6": 40}  # scaled to the largest
     assert "| 2mb         | 0.5   | 0.6   |" in to_markdown(record)
+
+
+def test_a_run_without_the_shop_database_does_not_describe_it() -> None:
+    record = {**RECORD, "environment": {**RECORD["environment"], "shop_database": False}}
+    text = render(lambda console: print_record(console, record))
+    assert "SQLite" not in text and "redis-server 7.0.15 (PATH)" in text
