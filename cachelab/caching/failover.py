@@ -15,12 +15,13 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any
 
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+
+from cachelab.caching.worker import BackgroundWorker
 
 Address = tuple[str, int]
 Clock = Callable[[], float]
@@ -47,7 +48,7 @@ class Write:
     error: str = ""
 
 
-class SequenceWriter:
+class SequenceWriter(BackgroundWorker):
     """A thread that writes ``<prefix>:1``, ``<prefix>:2``, ... and records each outcome.
 
     A write is acknowledged when its reply came back; with ``wait_replicas`` set, only
@@ -82,9 +83,7 @@ class SequenceWriter:
         self.writes: list[Write] = []  # appended by the writer thread only
         self.last_acked: Write | None = None
         self.counts = {ACKED: 0, FAILED: 0, UNCONFIRMED: 0}
-        self.error: BaseException | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        super().__init__(f"the writer of {prefix}")
 
     def key(self, n: int) -> str:
         return f"{self.prefix}:{n}"
@@ -114,19 +113,16 @@ class SequenceWriter:
             self.last_acked = write
         return write
 
-    def _run(self) -> None:
+    def _work(self) -> None:
         n = len(self.writes)
-        try:
-            while not self._stop.is_set():
-                n += 1
-                write = self.write(n)
-                pause = self.min_interval_s - (write.done_s - write.sent_s)
-                if write.outcome == FAILED:
-                    pause = max(pause, self.error_pause_s)
-                if pause > 0:
-                    self._stop.wait(pause)
-        except BaseException as exc:  # raised again by stop(), in the owner's thread
-            self.error = exc
+        while not self._stop.is_set():
+            n += 1
+            write = self.write(n)
+            pause = self.min_interval_s - (write.done_s - write.sent_s)
+            if write.outcome == FAILED:
+                pause = max(pause, self.error_pause_s)
+            if pause > 0:
+                self._stop.wait(pause)
 
     def first_acked_since(self, sent_after_s: float) -> Write | None:
         """The first acknowledged write sent at or after ``sent_after_s``, if any yet."""
@@ -138,37 +134,6 @@ class SequenceWriter:
             if write.outcome == ACKED:
                 first = write
         return first
-
-    def start(self) -> SequenceWriter:
-        if self._thread is not None:
-            raise RuntimeError("this writer was already started")
-        self._thread = threading.Thread(target=self._run, name=f"write {self.prefix}",
-                                        daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self, timeout_s: float = 10.0) -> None:
-        """Stop writing, wait for the thread, and raise what ended it, if anything."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout_s)
-            if self._thread.is_alive():
-                raise RuntimeError(f"the writer of {self.prefix} did not stop within "
-                                   f"{timeout_s:g}s")
-        error, self.error = self.error, None
-        if error is not None:
-            raise error
-
-    def __enter__(self) -> SequenceWriter:
-        return self.start()
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        try:
-            self.stop()
-        except Exception:
-            if exc is None:  # do not hide the exception already on its way out
-                raise
 
     def numbers(self, outcome: str) -> list[int]:
         return [w.n for w in self.writes if w.outcome == outcome]
@@ -204,7 +169,7 @@ class Promotion:
     repointed: list[Address] = field(default_factory=list)
 
 
-class HealthCheckFailover:
+class HealthCheckFailover(BackgroundWorker):
     """Watches a primary with PING and promotes the most up-to-date replica when it dies.
 
     Every ``interval_s`` it sends PING with a ``timeout_s`` socket timeout. After
@@ -236,11 +201,9 @@ class HealthCheckFailover:
         self.failed_in_a_row = 0
         self.checks = 0
         self.promotions: list[Promotion] = []
-        self.error: BaseException | None = None
+        super().__init__("the health check")
         self._clients: dict[Address, redis.Redis] = {}
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def _client(self, address: Address) -> redis.Redis:
         with self._lock:
@@ -301,47 +264,17 @@ class HealthCheckFailover:
             dead.close()
         return promotion
 
-    def _run(self) -> None:
-        try:
-            while not self._stop.is_set():
-                started = self.clock()
-                self.check()
-                self._stop.wait(max(0.0, self.interval_s - (self.clock() - started)))
-        except BaseException as exc:  # raised again by stop(), in the owner's thread
-            self.error = exc
+    def _work(self) -> None:
+        while not self._stop.is_set():
+            started = self.clock()
+            self.check()
+            self._stop.wait(max(0.0, self.interval_s - (self.clock() - started)))
 
-    def start(self) -> HealthCheckFailover:
-        if self._thread is not None:
-            raise RuntimeError("this health check was already started")
-        self._thread = threading.Thread(target=self._run, name="health check", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self, timeout_s: float = 10.0) -> None:
-        """Stop checking, close the clients, and raise what ended the thread, if anything."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout_s)
-            if self._thread.is_alive():
-                raise RuntimeError(f"the health check did not stop within {timeout_s:g}s")
+    def _after_stop(self) -> None:
         with self._lock:
             clients, self._clients = list(self._clients.values()), {}
         for client in clients:
             client.close()
-        error, self.error = self.error, None
-        if error is not None:
-            raise error
-
-    def __enter__(self) -> HealthCheckFailover:
-        return self.start()
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        try:
-            self.stop()
-        except Exception:
-            if exc is None:
-                raise
 
 
 @dataclass(frozen=True)
@@ -357,7 +290,7 @@ SENTINEL_EVENTS = ("+sdown", "+odown", "+try-failover", "+elected-leader",
                    "+selected-slave", "+promoted-slave", "+failover-end", "+switch-master")
 
 
-class SentinelEvents:
+class SentinelEvents(BackgroundWorker):
     """Records what a Sentinel announces on its pub/sub channels, timestamped on arrival.
 
     Args:
@@ -372,14 +305,10 @@ class SentinelEvents:
         self.channels = tuple(channels)
         self.clock = clock
         self.events: list[Event] = []
-        self.error: BaseException | None = None
+        super().__init__("the Sentinel event recorder")
         self._pubsub: Any = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
-    def start(self) -> SentinelEvents:
-        if self._thread is not None:
-            raise RuntimeError("these events are already being recorded")
+    def _before_start(self) -> None:
         self._pubsub = self.client.pubsub()
         self._pubsub.subscribe(*self.channels)
         # Confirmed subscriptions: nothing published after start() returns is missed.
@@ -391,49 +320,23 @@ class SentinelEvents:
             if self.clock() > deadline:
                 self._pubsub.close()
                 raise RuntimeError("the Sentinel did not confirm the subscriptions")
-        self._thread = threading.Thread(target=self._listen, name="sentinel events",
-                                        daemon=True)
-        self._thread.start()
-        return self
 
-    def _listen(self) -> None:
-        try:
-            while not self._stop.is_set():
-                message = self._pubsub.get_message(timeout=0.05)
-                if message and message["type"] == "message":
-                    self.events.append(Event(self.clock(), message["channel"],
-                                             message["data"]))
-        except BaseException as exc:  # raised again by stop()
-            self.error = exc
+    def _work(self) -> None:
+        while not self._stop.is_set():
+            message = self._pubsub.get_message(timeout=0.05)
+            if message and message["type"] == "message":
+                self.events.append(Event(self.clock(), message["channel"],
+                                         message["data"]))
 
     def first(self, channel: str, about: str = "master") -> Event | None:
         """The first event on ``channel`` whose message starts with ``about``."""
         return next((e for e in list(self.events)
                      if e.channel == channel and e.data.startswith(about)), None)
 
-    def stop(self, timeout_s: float = 5.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout_s)
-            if self._thread.is_alive():
-                raise RuntimeError("the Sentinel event recorder did not stop")
+    def _after_stop(self) -> None:
         if self._pubsub is not None:
             self._pubsub.close()
             self._pubsub = None
-        error, self.error = self.error, None
-        if error is not None:
-            raise error
-
-    def __enter__(self) -> SentinelEvents:
-        return self.start()
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        try:
-            self.stop()
-        except Exception:
-            if exc is None:
-                raise
 
 
 def switched_to(event: Event) -> Address:

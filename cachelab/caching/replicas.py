@@ -24,8 +24,9 @@ import time
 from collections import Counter, OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import TYPE_CHECKING, Literal
+
+from cachelab.caching.worker import BackgroundWorker
 
 if TYPE_CHECKING:  # redis is imported by whoever builds the clients
     import redis
@@ -221,7 +222,7 @@ def replication_lag_bytes(primary: redis.Redis, replicas: Sequence[redis.Redis])
     return [max(0, head - offset) for offset in offsets]
 
 
-class LagSampler:
+class LagSampler(BackgroundWorker):
     """Samples every replica's lag in bytes from a thread, while the caller writes.
 
     Use it as a context manager (or ``start``/``stop``): the thread polls
@@ -236,50 +237,16 @@ class LagSampler:
         self.interval_s = interval_s
         self.max_samples = max_samples
         self.samples: list[list[int]] = [[] for _ in self.replicas]
-        self.error: BaseException | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        super().__init__("the lag sampler")
 
-    def start(self) -> LagSampler:
-        if self._thread is not None:
-            raise RuntimeError("the lag sampler was already started")
-        self._thread = threading.Thread(target=self._sample, name="lag sampler", daemon=True)
-        self._thread.start()
-        return self
-
-    def _sample(self) -> None:
-        try:
-            for _ in range(self.max_samples):
-                if self._stop.is_set():
-                    return
-                lags = replication_lag_bytes(self.primary, self.replicas)
-                for samples, lag in zip(self.samples, lags, strict=True):
-                    samples.append(lag)
-                self._stop.wait(self.interval_s)
-        except BaseException as exc:  # raised again by stop(), in the owner's thread
-            self.error = exc
-
-    def stop(self, timeout_s: float = 10.0) -> None:
-        """End the thread, wait for it, and raise what ended it, if anything."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout_s)
-            if self._thread.is_alive():
-                raise RuntimeError(f"the lag sampler did not stop within {timeout_s:g}s")
-        error, self.error = self.error, None
-        if error is not None:
-            raise error
-
-    def __enter__(self) -> LagSampler:
-        return self.start()
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        try:
-            self.stop()
-        except Exception:
-            if exc is None:  # do not hide the exception already on its way out
-                raise
+    def _work(self) -> None:
+        for _ in range(self.max_samples):
+            if self._stop.is_set():
+                return
+            lags = replication_lag_bytes(self.primary, self.replicas)
+            for samples, lag in zip(self.samples, lags, strict=True):
+                samples.append(lag)
+            self._stop.wait(self.interval_s)
 
 
 def wait_converged(primary: redis.Redis, replicas: Sequence[redis.Redis], *,

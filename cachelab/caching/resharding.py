@@ -12,15 +12,14 @@ reads and writes during either move and knows every value a read must return, an
 from __future__ import annotations
 
 import random
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
 from cachelab.caching.sharding import ShardRing, modulo_shard
+from cachelab.caching.worker import BackgroundWorker
 
 if TYPE_CHECKING:  # redis is imported by whoever builds the clients
     import redis
@@ -107,7 +106,7 @@ class TrafficCounts:
         return self.reads + self.writes
 
 
-class LiveTraffic:
+class LiveTraffic(BackgroundWorker):
     """One thread of seeded reads and writes on a fixed set of keys, checked as it goes.
 
     Every write comes from this thread, so it knows what each key must hold: a read
@@ -148,11 +147,9 @@ class LiveTraffic:
         self.phase = phase
         self.counts: dict[str, TrafficCounts] = {}
         self.error_types: Counter[str] = Counter()
-        self.error: BaseException | None = None
+        super().__init__("the traffic thread")
         self._keys = sorted(values)
         self._writes = 0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def _count(self) -> TrafficCounts:
         return self.counts.setdefault(self.phase, TrafficCounts())
@@ -173,29 +170,19 @@ class LiveTraffic:
             out.missing += c.missing
         return out
 
-    def start(self) -> LiveTraffic:
-        if self._thread is not None:
-            raise RuntimeError("the traffic was already started")
-        self._thread = threading.Thread(target=self._run, name="live-traffic", daemon=True)
-        self._thread.start()
-        return self
-
-    def _run(self) -> None:
+    def _work(self) -> None:
         start = time.monotonic()
         interval = 1 / self.rate_per_s
-        try:
-            for n in range(int(self.rate_per_s * self.max_s)):
-                ahead = start + n * interval - time.monotonic()
-                if self._stop.wait(max(ahead, 0)):
-                    return
-                key = self.rng.choice(self._keys)
-                counts = self._count()
-                if self.rng.random() < self.write_ratio:
-                    self._write(key, counts)
-                else:
-                    self._read(key, counts)
-        except BaseException as exc:  # raised again by stop(), in the owner's thread
-            self.error = exc
+        for n in range(int(self.rate_per_s * self.max_s)):
+            ahead = start + n * interval - time.monotonic()
+            if self._stop.wait(max(ahead, 0)):
+                return
+            key = self.rng.choice(self._keys)
+            counts = self._count()
+            if self.rng.random() < self.write_ratio:
+                self._write(key, counts)
+            else:
+                self._read(key, counts)
 
     def _failed(self, counts: TrafficCounts, exc: Exception) -> None:
         counts.errors += 1
@@ -238,28 +225,6 @@ class LiveTraffic:
                 return False
             time.sleep(0.005)
         return True
-
-    def stop(self, timeout_s: float = 10.0) -> None:
-        """Ask the thread to end, wait for it, and raise what ended it, if anything."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout_s)
-            if self._thread.is_alive():
-                raise RuntimeError(f"the traffic thread did not stop within {timeout_s:g}s")
-        error, self.error = self.error, None
-        if error is not None:
-            raise error
-
-    def __enter__(self) -> LiveTraffic:
-        return self.start()
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        try:
-            self.stop()
-        except Exception:
-            if exc is None:  # do not hide the exception already on its way out
-                raise
 
 
 # --- standalone shards ---------------------------------------------------------------

@@ -22,10 +22,10 @@ import time
 from collections import Counter
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from cachelab.caching.cache_aside import CacheStats
+from cachelab.caching.worker import BackgroundWorker
 
 if TYPE_CHECKING:  # redis is imported by whoever builds the client
     import redis
@@ -48,7 +48,7 @@ class GuardStats(CacheStats):
 # ---------------------------------------------------------------------------- warming
 
 
-class StreamWatcher:
+class StreamWatcher(BackgroundWorker):
     """A thread that reads new entries of a Redis Stream and hands each to ``on_entry``.
 
     It blocks on ``XREAD`` for at most ``block_ms`` at a time, so that :meth:`stop` (or
@@ -73,63 +73,26 @@ class StreamWatcher:
         self.on_entry = on_entry
         self.block_ms = block_ms
         self.entries_seen = 0
-        self.error: BaseException | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        super().__init__(f"the watcher of {stream}")
+        self.join_grace_s = block_ms / 1000  # an XREAD may be blocking when stop() comes
         self._last_id = "0-0"
 
-    @property
-    def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
-    def start(self) -> StreamWatcher:
-        if self._thread is not None:
-            raise RuntimeError(f"the watcher of {self.stream} was already started")
+    def _before_start(self) -> None:
         # Resolve "new entries" now, not when the thread first reads: an entry added
         # right after start() returns must not be skipped.
         newest: Any = self.client.xrevrange(self.stream, count=1)
         self._last_id = str(newest[0][0]) if newest else "0-0"
-        self._thread = threading.Thread(target=self._follow, name=f"watch {self.stream}",
-                                        daemon=True)
-        self._thread.start()
-        return self
 
-    def _follow(self) -> None:
-        try:
-            while not self._stop.is_set():
-                reply: Any = self.client.xread({self.stream: self._last_id}, count=100,
-                                          block=self.block_ms)
-                streams = reply.items() if isinstance(reply, dict) else (reply or [])
-                for _name, entries in streams:
-                    for entry_id, fields in entries:
-                        self._last_id = entry_id
-                        self.entries_seen += 1
-                        self.on_entry(entry_id, fields)
-        except BaseException as exc:  # raised again by stop(), in the owner's thread
-            self.error = exc
-
-    def stop(self, timeout_s: float = 10.0) -> None:
-        """Ask the thread to end, wait for it, and raise what ended it, if anything."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(self.block_ms / 1000 + timeout_s)
-            if self._thread.is_alive():
-                raise RuntimeError(f"the watcher of {self.stream} did not stop within "
-                                   f"{timeout_s:g}s (is its handler stuck?)")
-        error, self.error = self.error, None
-        if error is not None:
-            raise error
-
-    def __enter__(self) -> StreamWatcher:
-        return self.start()
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        try:
-            self.stop()
-        except Exception:
-            if exc is None:  # do not hide the exception already on its way out
-                raise
+    def _work(self) -> None:
+        while not self._stop.is_set():
+            reply: Any = self.client.xread({self.stream: self._last_id}, count=100,
+                                      block=self.block_ms)
+            streams = reply.items() if isinstance(reply, dict) else (reply or [])
+            for _name, entries in streams:
+                for entry_id, fields in entries:
+                    self._last_id = entry_id
+                    self.entries_seen += 1
+                    self.on_entry(entry_id, fields)
 
 
 @dataclass(frozen=True)
