@@ -32,6 +32,8 @@ if TYPE_CHECKING:  # redis is imported by whoever builds the client
 
 #: The environment variable a shop API reads its page Cache-Control from.
 POLICY_ENV = "CACHELAB_PAGE_CACHE_CONTROL"
+#: The key prefix of the shop API's pages.
+PAGE_NAMESPACE = "api:page"
 
 
 # ------------------------------------------------------------------ Cache-Control
@@ -340,7 +342,7 @@ class PageCache:
 
     def __init__(self, client: redis.Redis, *, render: Callable[[dict[str, Any]], str],
                  ttl_s: float, policy: CachePolicy | None = None,
-                 namespace: str = "api:page", clock: Callable[[], float] = time.time) -> None:
+                 namespace: str = PAGE_NAMESPACE, clock: Callable[[], float] = time.time) -> None:
         if ttl_s <= 0:
             raise ValueError("ttl_s must be positive")
         self.client = client
