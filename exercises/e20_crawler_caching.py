@@ -259,7 +259,10 @@ def run(
     if n < pages:
         result.note(f"The shop has {db.size.products} products: crawling {n} pages, not "
                     f"{pages}.")
-    k = min(changed, n - 1)
+    k = min(changed, n - 1)  # one page at least stays unchanged, to be answered 304
+    if k < changed:
+        result.note(f"Changing {k} products, not {changed}: one crawled page at least must "
+                    "stay unchanged.")
     redis_server = lab.redis_server("api-redis")
     with page_policy(policy):
         api = lab.shop_api("lazy", redis_server=redis_server, shop=db)
