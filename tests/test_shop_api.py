@@ -74,6 +74,83 @@ def test_a_comment_reaches_the_cached_list(lab: Lab) -> None:
         assert latest[0]["id"] == posted.json()["id"] and latest[0]["body"] == "first!"
 
 
+# The product page route (exercise 20): validators, 304s, the page cache in Redis.
+
+
+def test_page_route_answers_304_from_redis_without_the_database(lab: Lab) -> None:
+    api = lab.shop_api("lazy")
+    with httpx.Client(base_url=api.url) as http:
+        first = http.get("/products/4/page")
+        assert first.status_code == 200 and first.headers["x-cache"] == "miss"
+        assert first.headers["content-type"].startswith("text/html")
+        etag, modified = first.headers["etag"], first.headers["last-modified"]
+        assert etag.startswith('"') and "max-age=" in first.headers["cache-control"]
+
+        before = api.stats()["db_queries"]
+        answers = [http.get("/products/4/page", headers=headers) for headers in (
+            {"If-None-Match": etag}, {"If-Modified-Since": modified},
+            {"If-None-Match": etag, "If-Modified-Since": "Thu, 01 Jan 1970 00:00:00 GMT"})]
+        assert [a.status_code for a in answers] == [304, 304, 304]
+        assert api.stats()["db_queries"] == before
+        for answer in answers:
+            assert answer.content == b"" and answer.headers["x-cache"] == "hit"
+            assert "content-length" not in answer.headers or answer.headers["content-length"] == "0"
+            assert [answer.headers[h] for h in ("etag", "cache-control", "last-modified")] == [
+                first.headers[h] for h in ("etag", "cache-control", "last-modified")]
+
+        # If-None-Match decides alone: a stale tag gets the page even with a current date.
+        full = http.get("/products/4/page",
+                        headers={"If-None-Match": '"stale"', "If-Modified-Since": modified})
+        assert full.status_code == 200 and full.content == first.content
+
+
+def test_a_product_update_gives_its_page_a_new_etag_at_once(lab: Lab) -> None:
+    api = lab.shop_api("lazy")
+    with httpx.Client(base_url=api.url) as http:
+        old = http.get("/products/9/page")
+        assert http.put("/products/9", json={"price_cents": 4321, "stock": 3}).status_code == 200
+        new = http.get("/products/9/page", headers={"If-None-Match": old.headers["etag"]})
+        assert new.status_code == 200 and new.headers["x-cache"] == "miss"
+        assert new.headers["etag"] != old.headers["etag"]
+        assert "43.21 EUR" in new.text and "3 in stock" in new.text
+        # The other pages stay cached.
+        http.get("/products/10/page")
+        assert http.get("/products/10/page").headers["x-cache"] == "hit"
+
+
+def test_eager_api_renders_a_changed_page_with_the_update(lab: Lab) -> None:
+    api = lab.shop_api("eager")
+    with httpx.Client(base_url=api.url) as http:
+        http.get("/products/2/page")
+        http.put("/products/2", json={"price_cents": 999, "stock": 1})
+        before = api.stats()["db_queries"]
+        page = http.get("/products/2/page")
+        assert page.headers["x-cache"] == "hit" and "9.99 EUR" in page.text
+        assert api.stats()["db_queries"] == before
+
+
+def test_uncached_api_renders_every_page_but_still_answers_304(lab: Lab) -> None:
+    api = lab.shop_api("none")
+    with httpx.Client(base_url=api.url) as http:
+        first = http.get("/products/5/page")
+        before = api.stats()["db_queries"]
+        again = http.get("/products/5/page", headers={"If-None-Match": first.headers["etag"]})
+        assert (first.headers["x-cache"], again.headers["x-cache"]) == ("bypass", "bypass")
+        assert again.status_code == 304 and again.content == b""
+        assert api.stats()["db_queries"] - before == 1  # validated against a fresh render
+
+
+def test_bad_page_requests_get_a_4xx(lab: Lab) -> None:
+    api = lab.shop_api("lazy")
+    with httpx.Client(base_url=api.url) as http:
+        got = [http.get(path).status_code for path in
+               ("/products/abc/page", "/products/99999999/page", "/products/1.5/page")]
+        odd = http.get("/products/1/page", headers={"If-None-Match": "not-a-tag",
+                                                    "If-Modified-Since": "whenever"})
+    assert got == [422, 404, 422]
+    assert odd.status_code == 200  # malformed validators: served as if unconditional
+
+
 BAD_REQUESTS = [
     ("GET", "/no/such/path", None, 404),
     ("GET", "/users/abc", None, 422),
