@@ -19,10 +19,8 @@ bytes_saved, client_cache_fresh_hits, client_cache_revalidations.
 
 from __future__ import annotations
 
-import os
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -179,23 +177,6 @@ class Crawler:
         crawl.db_queries += self.api.stats()["db_queries"] - before
 
 
-@contextmanager
-def page_policy(policy: CachePolicy) -> Iterator[None]:
-    """Have the API started in this block serve pages with ``policy`` (it reads the
-    Cache-Control from its environment at start-up)."""
-    from cachelab.caching.http_cache import POLICY_ENV
-
-    before = os.environ.get(POLICY_ENV)
-    os.environ[POLICY_ENV] = policy.header()
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(POLICY_ENV, None)
-        else:
-            os.environ[POLICY_ENV] = before
-
-
 @dataclass(frozen=True)
 class WireRecord:
     """A request the client cache let through to the server, and the answer."""
@@ -264,8 +245,8 @@ def run(
         result.note(f"Changing {k} products, not {changed}: one crawled page at least must "
                     "stay unchanged.")
     redis_server = lab.redis_server("api-redis")
-    with page_policy(policy):
-        api = lab.shop_api("lazy", redis_server=redis_server, shop=db)
+    api = lab.shop_api("lazy", redis_server=redis_server, shop=db,
+                       page_cache_control=policy.header())
     cache = redis_server.client()
     lab.callback(cache.close)
 

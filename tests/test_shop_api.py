@@ -222,3 +222,17 @@ def test_serve_on_a_busy_port_is_a_usage_error() -> None:
         result = CliRunner().invoke(app, ["serve", "--port", str(port)])
     assert result.exit_code == 2
     assert f"port {port}" in result.stderr and "--port" in result.stderr
+
+
+def test_a_fresh_page_is_never_modified_after_its_date(lab: Lab) -> None:
+    """Each answer is dated when sent (RFC 9110 8.8.2.1: Last-Modified <= Date)."""
+    from email.utils import parsedate_to_datetime
+
+    api = lab.shop_api("lazy")
+    with httpx.Client(base_url=api.url) as http:
+        for product in range(1, 31):
+            http.put(f"/products/{product}", json={"price_cents": 100 + product, "stock": 1})
+            page = http.get(f"/products/{product}/page")
+            assert len(page.headers.get_list("date")) == 1
+            assert (parsedate_to_datetime(page.headers["last-modified"])
+                    <= parsedate_to_datetime(page.headers["date"]))

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import calendar
 import hashlib
-import os
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -31,7 +30,6 @@ if TYPE_CHECKING:  # redis is imported by whoever builds the client
     import redis
 
 #: The environment variable a shop API reads its page Cache-Control from.
-POLICY_ENV = "CACHELAB_PAGE_CACHE_CONTROL"
 #: The key prefix of the shop API's pages.
 PAGE_NAMESPACE = "api:page"
 
@@ -93,11 +91,6 @@ class CachePolicy:
                    stale_while_revalidate_s=seconds("stale-while-revalidate"),
                    public="public" in directives)
 
-    @classmethod
-    def from_environment(cls, environ: Mapping[str, str] | None = None) -> CachePolicy:
-        """The policy in ``$CACHELAB_PAGE_CACHE_CONTROL``, else the default one."""
-        value = (os.environ if environ is None else environ).get(POLICY_ENV)
-        return cls.parse(value) if value else cls()
 
 
 # name, then optionally = and a token or a quoted string
