@@ -455,14 +455,15 @@ USER_HEADER = "x-user-id"
 #: Where on Redis's clock the limiter admitted a request: lets a test line up admissions
 #: from many clients on one clock.
 DECIDED_HEADER = "X-RateLimit-Decided-Us"
-_USER_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_USER_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 class RateLimitMiddleware:
     """ASGI middleware: limit each user (``X-User-Id``), else each client IP.
 
     Refused requests get ``429`` with ``Retry-After``; every limited answer carries
-    ``RateLimit-Limit``, ``RateLimit-Remaining`` and ``RateLimit-Reset``. Paths under
+    ``RateLimit-Limit``, ``RateLimit-Remaining`` and ``RateLimit-Reset``, and
+    :data:`DECIDED_HEADER`, the decision's time on Redis's clock. Paths under
     ``exempt`` (health checks, the lab's counters) pass unlimited. It owns a
     ``redis.asyncio`` client, so a decision never blocks the event loop, and closes it
     when the app shuts down.
@@ -495,7 +496,7 @@ class RateLimitMiddleware:
             return
         headers = dict(scope.get("headers") or [])
         user = headers.get(USER_HEADER.encode())
-        if user is not None and not _USER_ID.match(user.decode("latin-1")):
+        if user is not None and not _USER_ID.fullmatch(user.decode("latin-1")):
             await _answer(send, 400, {"detail": "X-User-Id must be 1 to 64 letters, digits, "
                                                 "'.', '_' or '-'"}, {})
             return
