@@ -589,13 +589,18 @@ def serve(
     db_latency_ms: Annotated[float, typer.Option(min=0, max=1000, help="Modelled network "
                                                  "round trip per query.")] = 1.0,
     redis_server: Annotated[str | None, typer.Option(help="redis-server binary to run.")] = None,
+    rate_limit: Annotated[str | None, typer.Option(
+        help="Limit each user (X-User-Id) or IP: ALGORITHM:LIMIT/WINDOW, e.g. "
+             "token_bucket:20/1s (fixed, sliding_log, sliding_counter, token_bucket).")
+    ] = None,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
 ) -> None:
     """Run the shop HTTP API in the foreground, with its own Redis and database.
 
     Endpoints: /users/{id}, /products/{id}, /products/{id}/page, /posts/{id}/comments,
     /reports/sales; the OpenAPI page is at /docs. Ctrl-C stops it and everything it
-    started. Example: cachelab serve --port 8000 --caching eager
+    started. Over a --rate-limit, answers are 429 with Retry-After and RateLimit headers.
+    Example: cachelab serve --port 8000 --caching eager --rate-limit token_bucket:20/1s
     """
     from cachelab.fixtures.api_server import serve as run_server
     from cachelab.lab import Lab, LabSettings
@@ -603,7 +608,8 @@ def serve(
     settings = LabSettings(seed=seed, db_latency_ms=db_latency_ms, scale=scale,
                            redis_server=redis_server)
     with _reported(debug), Lab(settings) as lab:
-        run_server(lab, port=port, caching=caching, ttl_s=ttl_s, announce=typer.echo)
+        run_server(lab, port=port, caching=caching, ttl_s=ttl_s, announce=typer.echo,
+                   rate_limit=rate_limit)
 
 
 # ---------------------------------------------------------------- lab up, status, down

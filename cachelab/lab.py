@@ -153,15 +153,17 @@ class Lab:
 
     def shop_api(self, caching: Caching = "lazy", *, name: str = "api",
                  redis_server: RedisServer | None = None, shop: ShopDatabase | None = None,
-                 ttl_s: float = 300.0, page_cache_control: str | None = None) -> ApiServer:
+                 ttl_s: float = 300.0, page_cache_control: str | None = None,
+                 rate_limit: str | None = None) -> ApiServer:
         """The shop API over HTTP, in its own process, with its own Redis and database
-        unless given; ready when it returns, stopped when the lab ends."""
+        unless given; ready when it returns, stopped when the lab ends. ``rate_limit``
+        limits it per user or IP, e.g. ``token_bucket:20/1s``."""
         from cachelab.fixtures.api_server import ApiServer
 
         server = ApiServer(redis_server or self.redis_server(f"{name}-redis"),
                            shop or self.shop(f"{name}-shop"), caching=caching,
                            log_dir=self.workdir, name=name, ttl_s=ttl_s,
-                           page_cache_control=page_cache_control)
+                           page_cache_control=page_cache_control, rate_limit=rate_limit)
         self._stack.enter_context(server)  # started here, stopped with the lab
         return server
 

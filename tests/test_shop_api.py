@@ -11,10 +11,12 @@ from pathlib import Path
 
 import httpx
 import psutil
+import pytest
 from typer.testing import CliRunner
 
 from cachelab.cli import app
 from cachelab.fixtures._ports import claim_port
+from cachelab.fixtures.api_server import ApiServer
 from cachelab.lab import Lab
 
 
@@ -236,3 +238,58 @@ def test_a_fresh_page_is_never_modified_after_its_date(lab: Lab) -> None:
             assert len(page.headers.get_list("date")) == 1
             assert (parsedate_to_datetime(page.headers["last-modified"])
                     <= parsedate_to_datetime(page.headers["date"]))
+
+
+# ---------------------------------------------------------------- the rate-limited API
+
+
+def _limited_api(lab: Lab, rate_limit: str) -> ApiServer:
+    return lab.shop_api("lazy", rate_limit=rate_limit)
+
+
+def test_over_the_limit_the_api_answers_429_with_retry_after_and_ratelimit_headers(
+        lab: Lab) -> None:
+    api = _limited_api(lab, "sliding_log:3/10s")
+    with httpx.Client(base_url=api.url, headers={"X-User-Id": "alice"}) as http:
+        answers = [http.get("/products/1") for _ in range(4)]
+        other_user = http.get("/products/1", headers={"X-User-Id": "bob"})
+    admitted, refused = answers[:3], answers[3]
+    assert [a.status_code for a in admitted] == [200, 200, 200]
+    assert [a.headers["ratelimit-remaining"] for a in admitted] == ["2", "1", "0"]
+    assert all(a.headers["ratelimit-limit"] == "3" and "retry-after" not in a.headers
+               and 1 <= int(a.headers["ratelimit-reset"]) <= 10 for a in admitted)
+    assert refused.status_code == 429 and "x-cache" not in refused.headers
+    assert 1 <= int(refused.headers["retry-after"]) <= 10
+    assert refused.headers["ratelimit-remaining"] == "0"
+    assert "sliding_log:3/10s" in refused.json()["detail"]
+    assert other_user.status_code == 200  # each user has a quota of their own
+    assert other_user.headers["ratelimit-remaining"] == "2"
+
+
+def test_without_a_user_the_limit_is_per_ip_and_health_is_never_limited(lab: Lab) -> None:
+    api = _limited_api(lab, "fixed:2/1h")
+    with httpx.Client(base_url=api.url) as http:
+        statuses = [http.get("/users/1").status_code for _ in range(3)]
+        health = [http.get("/health") for _ in range(5)]
+        stats = http.get("/_lab/stats")
+    assert statuses == [200, 200, 429]
+    assert {h.status_code for h in health} == {200} and stats.status_code == 200
+    assert not any("ratelimit-limit" in h.headers for h in health)
+
+
+def test_a_malformed_user_id_is_a_400_not_a_500(lab: Lab) -> None:
+    api = _limited_api(lab, "token_bucket:5/1s")
+    users: list[str | bytes] = ["", "a b", "x" * 65, "{tag}", "é".encode()]
+    with httpx.Client(base_url=api.url) as http:
+        answers = [http.get("/products/1", headers={"X-User-Id": user}) for user in users]
+    assert [a.status_code for a in answers] == [400] * len(users)
+    assert all("X-User-Id" in a.json()["detail"] for a in answers)
+
+
+def test_a_bad_rate_limit_is_refused_before_anything_starts(lab: Lab) -> None:
+    with pytest.raises(ValueError, match="ALGORITHM:LIMIT/WINDOW"):
+        ApiServer(lab.redis_server("r"), lab.shop(), caching="lazy", log_dir=lab.workdir,
+                  rate_limit="20 per second")
+    result = CliRunner().invoke(app, ["serve", "--rate-limit", "leaky:20/1s"])
+    assert result.exit_code == 2
+    assert "ALGORITHM:LIMIT/WINDOW" in result.stderr and "--rate-limit" in result.stderr

@@ -1,0 +1,464 @@
+"""API rate limiting with Redis: four limiters, a burst across a boundary, real clients.
+
+Each user may send ``limit`` requests per ``window_s``. The counts live in Redis, so
+every API process shares them, and each limiter decides in one Lua script on Redis's
+clock, atomically. Four ways: a fixed window (``INCR`` per window of the clock, its
+expiry set in the same step), a sliding log (a sorted set of admission times), a
+sliding-window counter (two counters, the previous one weighted) and a token bucket
+(capacity ``limit``, refilled at ``limit`` per window).
+
+The token bucket's guarantee is not "``limit`` per window": in any stretch of time
+``s`` it admits at most ``capacity + limit * s / window_s`` (what it held plus what
+dripped in), which is what the run checks for every stretch between two admissions.
+
+Metrics: limit, window_s, clients, requests, allowed_fixed, denied_fixed,
+max_in_any_window_fixed, allowed_sliding_log, denied_sliding_log,
+max_in_any_window_sliding_log, allowed_sliding_counter, denied_sliding_counter,
+max_in_any_window_sliding_counter, allowed_token_bucket, denied_token_bucket,
+max_in_any_window_token_bucket, keys_without_ttl, ttl_samples, burst_attempts,
+http_requests, http_allowed, http_denied.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+from cachelab.exercise import ExerciseInfo, Opt, Result
+
+if TYPE_CHECKING:
+    import redis
+
+    from cachelab.caching.rate_limit import Decision, Limiter
+    from cachelab.lab import Lab
+
+INFO = ExerciseInfo(
+    id="exercise-19",
+    slug="rate-limiting",
+    title="API rate limiting with Redis counters",
+    concept="Cache-aided rate limiting",
+    scenario=(
+        "A public API must stop one user, or one IP, from flooding it. Keep each user's "
+        "request count in Redis, where every API process sees it, and refuse requests "
+        "over the limit with 429 and a Retry-After. Compare four ways of counting: the "
+        "simple fixed window lets a burst through twice at a window boundary; a sliding "
+        "log, a sliding-window counter and a token bucket do not. And make sure that "
+        "many clients at once never get more than the limit."
+    ),
+    walkthrough=(
+        "Start a redis-server and a small shop database, and the shop API in its own "
+        "process, limited per X-User-Id with --api-algorithm.",
+        "Wait on Redis's clock until just before a fixed-window boundary, send --limit "
+        "requests to each of the four limiters, then --limit more just after the "
+        "boundary; count what each admitted in any window of --window-s.",
+        "Start --clients client processes that hit the four limiters for one user, and "
+        "the API over HTTP, as fast as they can for --duration-s; merge the admission "
+        "times they recorded (Redis's clock) and hold each limiter to its guarantee.",
+        "While they run, sample every limiter key's TTL: none may be without an expiry.",
+        "Over HTTP, send requests as a new user until a 429: RateLimit-Remaining counts "
+        "down to 0, the 429 carries Retry-After, and after waiting that long the next "
+        "request passes.",
+    ),
+    fixtures=("redis", "shop-db", "http-api", "client-processes"),
+    checks=(
+        "every limiter admits a full quota from a fresh start",
+        "the fixed window lets more than the limit through across a boundary",
+        "sliding log and token bucket stay within their bounds in any window",
+        "concurrent clients never get more than the limit per window",
+        "over-limit answers are 429 with Retry-After and RateLimit headers",
+        "no limiter key is ever left without an expiry",
+    ),
+    headline="max_in_any_window_fixed",
+)
+
+PREFIX = "ratelimit"  # the direct limiters'; the API's own live under ratelimit:api
+PLACEMENT_ATTEMPTS = 5
+
+
+@dataclass
+class Burst:
+    """The boundary burst: each limiter's decisions before and after the boundary."""
+
+    attempts: int
+    boundary_us: int
+    lead_us: int
+    placed: bool
+    before: dict[str, list[Decision]] = field(default_factory=dict)
+    after: dict[str, list[Decision]] = field(default_factory=dict)
+
+    def admitted(self, algorithm: str) -> list[int]:
+        return [d.at_us for d in self.before[algorithm] + self.after[algorithm] if d.allowed]
+
+
+class TtlSampler:
+    """Reads the TTL of every limiter key, as often as it is asked."""
+
+    def __init__(self, client: redis.Redis, prefix: str) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.samples = 0
+        self.without_ttl: set[str] = set()
+        self.seen: set[str] = set()
+
+    def sample(self) -> None:
+        keys = list(self.client.scan_iter(match=f"{self.prefix}:*", count=1000))
+        pipe = self.client.pipeline(transaction=False)
+        for key in keys:
+            pipe.pttl(key)
+        for key, ttl in zip(keys, pipe.execute(), strict=True):
+            if ttl == -2:  # expired between SCAN and PTTL
+                continue
+            self.samples += 1
+            self.seen.add(key)
+            if ttl == -1:
+                self.without_ttl.add(key)
+
+    def seen_of(self, part: str, keys: set[str] | None = None) -> int:
+        """How many of ``keys`` (default: all seen) are under ``prefix:part:``."""
+        return sum(key.startswith(f"{self.prefix}:{part}:")
+                   for key in (self.seen if keys is None else keys))
+
+
+def _sleep_until(target_us: int, offset_us: int) -> None:
+    """Sleep until Redis's clock reads ``target_us`` (``offset_us``: Redis minus ours)."""
+    time.sleep(max(0.0, (target_us - offset_us) / 1e6 - time.time()))
+
+
+def _clock_offset_us(client: redis.Redis) -> int:
+    from cachelab.caching.rate_limit import redis_clock_us
+
+    before = time.time_ns() // 1000
+    redis_now = redis_clock_us(client)
+    return redis_now - (before + time.time_ns() // 1000) // 2
+
+
+def boundary_burst(client: redis.Redis, limiters: Sequence[Limiter], limit: int,
+                   window_us: int) -> Burst:
+    """``limit`` requests per limiter just before a boundary of the clock, ``limit`` just
+    after, each batch pipelined so it lands within a few milliseconds; tried again at a
+    later boundary (as a new user, starting earlier) if a batch missed its side."""
+    from cachelab.caching.rate_limit import redis_clock_us
+
+    lead_us, lag_us = max(20_000, window_us // 20), max(5_000, window_us // 50)
+
+    def batch(identity: str) -> dict[str, list[Decision]]:
+        pipe = client.pipeline(transaction=False)
+        for _ in range(limit):
+            for limiter in limiters:
+                limiter.queue(pipe, identity)
+        replies = pipe.execute()
+        out: dict[str, list[Decision]] = {lim.algorithm: [] for lim in limiters}
+        for i, reply in enumerate(replies):
+            limiter = limiters[i % len(limiters)]
+            out[limiter.algorithm].append(limiter.decision(reply))
+        return out
+
+    burst = Burst(0, 0, lead_us, False)
+    for attempt in range(1, PLACEMENT_ATTEMPTS + 1):
+        offset = _clock_offset_us(client)
+        now = redis_clock_us(client)
+        boundary = (now // window_us + 1) * window_us
+        if boundary - lead_us < now + 5_000:
+            boundary += window_us
+        identity = f"burst-{attempt}"
+        _sleep_until(boundary - lead_us, offset)
+        before = batch(identity)
+        _sleep_until(boundary + lag_us, offset)
+        after = batch(identity)
+        burst = Burst(attempt, boundary, lead_us, False, before, after)
+        first = min(d.at_us for ds in before.values() for d in ds)
+        last = max(d.at_us for ds in before.values() for d in ds)
+        burst.placed = (last < boundary and all(boundary <= d.at_us < first + window_us
+                                                for ds in after.values() for d in ds))
+        if burst.placed:
+            break
+        lead_us = min(window_us // 2, max(2 * lead_us, 2 * (last - first) + 10_000))
+    return burst
+
+
+def run(
+    lab: Lab,
+    *,
+    limit: Annotated[int, Opt("Requests admitted per window, per user.", min=2,
+                              max=10_000)] = 20,
+    window_s: Annotated[float, Opt("The window's length in seconds.", min=0.1,
+                                   max=60)] = 1.0,
+    clients: Annotated[int, Opt("Client processes hammering the limits at once.", min=1,
+                                max=32)] = 4,
+    duration_s: Annotated[float, Opt("How long the clients hammer, in seconds.", min=0.2,
+                                     max=300)] = 2.0,
+    api_algorithm: Annotated[
+        Literal["fixed", "sliding_log", "sliding_counter", "token_bucket"],
+        Opt("The limiter of the HTTP API.")] = "token_bucket",
+) -> Result:
+    from cachelab.caching.rate_limit import (
+        ALGORITHMS,
+        RESULTS_KEY,
+        HammerProcess,
+        LimitSpec,
+        max_in_any_window,
+        redis_clock_us,
+    )
+    from cachelab.fixtures.api_server import ApiServer
+    from cachelab.fixtures.process import stop_all
+    from cachelab.fixtures.shop import ShopDatabase, build_shop
+
+    result = Result()
+    server = lab.redis_server("redis")
+    client = server.client()
+    lab.callback(client.close)
+    # The limit is the subject here, not the data: a small shop starts the API sooner.
+    shop_path = lab.workdir / "api-shop.db"
+    size = build_shop(shop_path, scale=0.05, seed=lab.settings.seed)
+    db = ShopDatabase(shop_path, latency_ms=lab.settings.db_latency_ms, size=size)
+    lab.callback(db.close)
+
+    specs = [LimitSpec(algorithm, limit, window_s) for algorithm in ALGORITHMS]
+    limiters = [spec.limiter(client, prefix=PREFIX) for spec in specs]
+    by_name = {lim.algorithm: lim for lim in limiters}
+    api_spec = LimitSpec(api_algorithm, limit, window_s)
+    api_limiter = api_spec.limiter(client, prefix=f"{PREFIX}:api")  # its bound, for checks
+    window_us = limiters[0].window_us
+
+    # Everything that takes a second to start starts now, and boots during the burst.
+    api = ApiServer(server, db, caching="lazy", log_dir=lab.workdir, name="api",
+                    rate_limit=str(api_spec))
+    hammers = [HammerProcess(client, name=f"client-{i}", redis_port=server.port, specs=specs,
+                             prefix=PREFIX, identity="hammer", api_url=api.url,
+                             log_path=lab.workdir / f"client-{i}.log",
+                             max_seconds=duration_s + 120)
+               for i in range(1, clients + 1)]
+    children = [api, *hammers]
+    lab.callback(lambda: stop_all(children))
+    for child in children:
+        child.launch()
+
+    # 1. The burst across a boundary, from this process.
+    sampler = TtlSampler(client, PREFIX)
+    burst = boundary_burst(client, limiters, limit, window_us)
+    sampler.sample()
+
+    # 2. Concurrent client processes, all for one user, directly and over HTTP.
+    for child in children:
+        child.wait_ready()
+    start_us = redis_clock_us(client) + 100_000
+    for hammer in hammers:
+        hammer.go(start_us, start_us + round(duration_s * 1e6))
+    reports: list[dict[str, Any]] = []
+    deadline = time.monotonic() + duration_s + 60
+    while len(reports) < clients and time.monotonic() < deadline:
+        sampler.sample()
+        popped = client.blpop([RESULTS_KEY], timeout=0.05)
+        if popped:
+            reports.append(json.loads(popped[1]))
+        elif all(h.returncode is not None for h in hammers) and not client.llen(RESULTS_KEY):
+            break  # a client died without reporting: the checks below say so
+    sampler.sample()
+    concurrent: dict[str, list[int]] = {a: [] for a in ALGORITHMS}
+    denied: dict[str, int] = dict.fromkeys(ALGORITHMS, 0)
+    http_allowed: list[int] = []
+    http_denied = http_errors = 0
+    for report in reports:
+        for algorithm, seen in report["direct"].items():
+            concurrent[algorithm] += seen["allowed"]
+            denied[algorithm] += seen["denied"]
+        http_allowed += report["http"]["allowed"]
+        http_denied += report["http"]["denied"]
+        http_errors += report["http"]["errors"]
+
+    # 3. Over HTTP as one new user, until the limiter says no.
+    walk, after_wait = _walk_to_429(api.url, limit)
+    sampler.sample()
+
+    # What each limiter admitted, against its guarantee.
+    burst_bounds = {a: by_name[a].bound(burst.admitted(a)) for a in ALGORITHMS}
+    concurrent_bounds = {a: by_name[a].bound(concurrent[a]) for a in ALGORITHMS}
+    http_bound = api_limiter.bound(http_allowed)
+    most = {a: max(max_in_any_window(burst.admitted(a), window_us),
+                   max_in_any_window(concurrent[a], window_us)) for a in ALGORITHMS}
+    burst_most = {a: max_in_any_window(burst.admitted(a), window_us) for a in ALGORITHMS}
+
+    result.table(
+        f"Burst across a boundary: {limit} requests {burst.lead_us / 1000:g} ms before "
+        f"it, {limit} just after (attempt {burst.attempts})",
+        ["algorithm", "admitted before", "admitted after", f"most in any {window_s:g}s",
+         "tightest spot: admitted ≤ bound", "held"],
+        [[a, sum(d.allowed for d in burst.before[a]), sum(d.allowed for d in burst.after[a]),
+          burst_most[a], str(b), _yes(b.held)] for a, b in burst_bounds.items()])
+    result.table(
+        f"{clients} client processes for {duration_s:g}s, one user",
+        ["algorithm", "requests", "admitted", "refused", f"most in any {window_s:g}s",
+         "tightest spot: admitted ≤ bound", "held"],
+        [*([a, len(concurrent[a]) + denied[a], len(concurrent[a]), denied[a],
+            max_in_any_window(concurrent[a], window_us), str(b), _yes(b.held)]
+           for a, b in concurrent_bounds.items()),
+         [f"{api_algorithm} (HTTP)", len(http_allowed) + http_denied + http_errors,
+          len(http_allowed), http_denied, max_in_any_window(http_allowed, window_us),
+          str(http_bound), _yes(http_bound.held)]])
+    result.table("Clients", ["client", "direct decisions", "admitted", "HTTP requests",
+                             "HTTP 200", "HTTP 429"],
+                 [[r["name"], sum(len(s["allowed"]) + s["denied"] for s in r["direct"].values()),
+                   sum(len(s["allowed"]) for s in r["direct"].values()),
+                   len(r["http"]["allowed"]) + r["http"]["denied"] + r["http"]["errors"],
+                   len(r["http"]["allowed"]), r["http"]["denied"]]
+                  for r in sorted(reports, key=lambda r: r["name"])])
+    result.table(f"One user over HTTP until a 429 ({api_spec}), in the order decided",
+                 ["request", "status", "RateLimit-Limit", "RateLimit-Remaining",
+                  "RateLimit-Reset", "Retry-After", "X-Cache"],
+                 [["-" if v is None else v for v in r] for r in [*_shorten(walk), after_wait]])
+    result.table("Limiter keys and their TTLs",
+                 ["limiter", "keys seen", "without TTL"],
+                 [[part, sampler.seen_of(part), sampler.seen_of(part, sampler.without_ttl)]
+                  for part in (*ALGORITHMS, f"api:{api_algorithm}")])
+
+    direct_requests = sum(len(concurrent[a]) + denied[a] for a in ALGORITHMS)
+    burst_requests = 2 * limit * len(ALGORITHMS) * burst.attempts
+    http_requests = len(http_allowed) + http_denied + http_errors
+    result.add_metrics({"limit": limit, "window_s": window_s, "clients": clients,
+                        "requests": burst_requests + direct_requests + http_requests
+                        + len(walk) + 1})
+    for a in ALGORITHMS:
+        result.add_metrics({
+            f"allowed_{a}": len(burst.admitted(a)) + len(concurrent[a]),
+            f"denied_{a}": sum(not d.allowed for d in burst.before[a] + burst.after[a])
+            + denied[a],
+            f"max_in_any_window_{a}": most[a]})
+    result.add_metrics({"keys_without_ttl": len(sampler.without_ttl),
+                        "ttl_samples": sampler.samples, "burst_attempts": burst.attempts,
+                        "http_requests": http_requests, "http_allowed": len(http_allowed),
+                        "http_denied": http_denied})
+
+    first = {a: sum(d.allowed for d in burst.before[a]) for a in ALGORITHMS}
+    result.check("every limiter admits a full quota from a fresh start",
+                 all(n == limit for n in first.values()),
+                 ", ".join(f"{a} {n}/{limit}" for a, n in first.items())
+                 + " of the first batch")
+    result.check("the fixed window lets more than the limit through across a boundary",
+                 burst.placed and burst_most["fixed"] > limit,
+                 f"{burst_most['fixed']} admitted within {window_s:g}s against a limit of "
+                 f"{limit}" + ("" if burst.placed else
+                               f"; no batch landed on its side in {burst.attempts} tries"))
+    strict = [(f"{a} ({phase})", bound)
+              for phase, bounds in (("burst", burst_bounds), ("concurrent", concurrent_bounds))
+              for a, bound in bounds.items() if a in ("sliding_log", "token_bucket")]
+    result.check("sliding log and token bucket stay within their bounds in any window",
+                 all(b.held for _, b in strict), "; ".join(f"{name} {b}" for name, b in strict))
+    # A limit never reached proves nothing: each must have refused some requests.
+    busy = [a for a in ALGORITHMS if denied[a] == 0] + ([] if http_denied else ["HTTP"])
+    concurrent_ok = (len(reports) == clients and all(b.held for b in concurrent_bounds.values())
+                     and http_bound.held and not busy and not http_errors)
+    result.check("concurrent clients never get more than the limit per window", concurrent_ok,
+                 f"{len(reports)}/{clients} clients reported; "
+                 + "; ".join(f"{a} {b}" for a, b in concurrent_bounds.items())
+                 + f"; HTTP {http_bound}, {http_errors} errors"
+                 + (f"; the clients never reached the limit of {', '.join(busy)}: "
+                    "try a lower --limit or more --clients" if busy else ""))
+    walk_ok, walk_detail = _judge_walk(walk, after_wait, limit)
+    result.check("over-limit answers are 429 with Retry-After and RateLimit headers",
+                 walk_ok, walk_detail)
+    unseen = [a for a in ALGORITHMS if not sampler.seen_of(a)]
+    result.check("no limiter key is ever left without an expiry",
+                 not sampler.without_ttl and not unseen and sampler.seen_of("api") > 0,
+                 f"{len(sampler.without_ttl)} of {len(sampler.seen)} keys without a TTL in "
+                 f"{sampler.samples} TTL reads" + (f"; no keys seen of {unseen}" if unseen else ""))
+
+    tb = burst_bounds["token_bucket"]
+    result.note(f"Across the boundary the fixed window admitted {burst_most['fixed']} "
+                f"requests within {window_s:g}s: each window's count was within {limit}, "
+                "but the windows are the clock's, not the client's.")
+    result.note(f"The token bucket admits at most its capacity plus the refill over any "
+                f"stretch of time (here {limit} + {limit} per {window_s:g}s); in the burst, "
+                f"{tb}. Over a whole window after a quiet spell that is up to {2 * limit}: "
+                "the capacity sets the burst, the rate the average.")
+    if most["sliding_counter"] > limit:
+        result.note(f"The sliding-window counter let {most['sliding_counter']} through in one "
+                    f"{window_s:g}s window while each estimate stayed within {limit}: it "
+                    "assumes the previous window's requests were spread evenly, and they "
+                    "came in a burst. Two counters instead of a log, at that price.")
+    result.note("Every decision used Redis's clock (TIME inside the script), so admissions "
+                "recorded by different processes line up on one time axis.")
+    result.note("Try --api-algorithm fixed, or --clients 8; try --window-s 0.2 for many "
+                "windows in a short run.")
+    return result
+
+
+def _yes(held: bool) -> str:
+    return "yes" if held else "NO"
+
+
+Row = list[Any]
+
+
+def _walk_to_429(url: str, limit: int, workers: int = 4) -> tuple[list[Row], Row]:
+    """Requests as a new user until a 429, then one more after waiting Retry-After.
+
+    A few threads send them, so that the client outpaces a refill even at high limits;
+    the answers are then put in the order the limiter decided them (its clock, from
+    the X-RateLimit-Decided-Us header), up to the first 429.
+    """
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    from cachelab.caching.rate_limit import DECIDED_HEADER
+
+    def row(n: int | str, answer: httpx.Response) -> Row:
+        h = answer.headers
+        return [n, answer.status_code, h.get("ratelimit-limit"), h.get("ratelimit-remaining"),
+                h.get("ratelimit-reset"), h.get("retry-after"), h.get("x-cache")]
+
+    refused = threading.Event()
+    with httpx.Client(base_url=url, timeout=10, headers={"X-User-Id": "walker"}) as http:
+
+        def one(_: int) -> httpx.Response | None:
+            if refused.is_set():
+                return None
+            answer = http.get("/products/1")
+            if answer.status_code != 200:
+                refused.set()
+            return answer
+
+        with ThreadPoolExecutor(workers) as pool:
+            answers = [a for a in pool.map(one, range(5 * limit + workers)) if a is not None]
+        answers.sort(key=lambda a: int(a.headers.get(DECIDED_HEADER, 0)))
+        rows: list[Row] = []
+        for n, answer in enumerate(answers, start=1):
+            rows.append(row(n, answer))
+            if answer.status_code != 200:
+                break
+        retry_after = rows[-1][5]
+        if rows[-1][1] != 429 or not str(retry_after).isdigit():
+            return rows, ["after Retry-After", "not tried", None, None, None, None, None]
+        time.sleep(int(retry_after))
+        return rows, row("after Retry-After", http.get("/products/1"))
+
+
+def _shorten(rows: list[Row], keep: int = 8) -> list[Row]:
+    """The first and last ``keep`` rows of a long table, with a gap between."""
+    if len(rows) <= 2 * keep + 1:
+        return rows
+    gap: Row = ["…"] + [""] * (len(rows[0]) - 1)
+    return [*rows[:keep], gap, *rows[-keep:]]
+
+
+def _judge_walk(walk: list[Row], after_wait: Row, limit: int) -> tuple[bool, str]:
+    allowed, refused = walk[:-1], walk[-1]
+    headers_ok = all(r[2] == str(limit) and str(r[3]).isdigit() and str(r[4]).isdigit()
+                     for r in walk)
+    remaining = [int(r[3]) for r in allowed if str(r[3]).isdigit()]
+    counts_down = (len(remaining) == len(allowed) >= limit and remaining[0] == limit - 1
+                   and remaining[-1] == 0
+                   and all(b >= a - 1 for a, b in itertools.pairwise(remaining)))
+    refused_ok = (refused[1] == 429 and refused[3] == "0" and str(refused[5]).isdigit()
+                  and int(refused[5]) > 0 and refused[6] is None)
+    passed = all(r[1] == 200 and r[6] for r in allowed)
+    again = after_wait[1] == 200
+    ok = headers_ok and counts_down and refused_ok and passed and again
+    return ok, (f"{len(allowed)} admitted, Remaining {remaining[0] if remaining else '-'}→"
+                f"{remaining[-1] if remaining else '-'}, then {refused[1]} with Retry-After "
+                f"{refused[5]}s; after waiting it: {after_wait[1]}")
