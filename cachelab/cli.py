@@ -597,10 +597,13 @@ def serve(
 ) -> None:
     """Run the shop HTTP API in the foreground, with its own Redis and database.
 
-    Endpoints: /users/{id}, /products/{id}, /products/{id}/page, /posts/{id}/comments,
-    /reports/sales; the OpenAPI page is at /docs. Ctrl-C stops it and everything it
-    started. Over a --rate-limit, answers are 429 with Retry-After and RateLimit headers.
-    Example: cachelab serve --port 8000 --caching eager --rate-limit token_bucket:20/1s
+    Endpoints: /users/{id}, /products/{id}, /products/{id}/page,
+    /posts/{id}/comments and /reports/sales; the OpenAPI page is at /docs.
+
+    Over a --rate-limit, answers are 429 with Retry-After and RateLimit headers.
+    Ctrl-C stops it and everything it started.
+
+    Example: cachelab serve --caching eager --rate-limit token_bucket:20/1s
     """
     from cachelab.fixtures.api_server import serve as run_server
     from cachelab.lab import Lab, LabSettings
@@ -637,8 +640,10 @@ def lab_up(
 ) -> None:
     """Start a topology on 127.0.0.1 in the background and print its addresses.
 
-    standalone: one server; replicas: a primary and 2 replicas; sentinel: those and 3
-    Sentinels (service mymaster); cluster: 3 masters and 3 replicas.
+    standalone: one server. replicas: a primary and 2 replicas.
+    sentinel: those and 3 Sentinels (service mymaster).
+    cluster: 3 masters and 3 replicas.
+
     Example: cachelab lab up cluster, then redis-cli -c -p PORT
     """
     from cachelab.fixtures import background
