@@ -28,9 +28,9 @@ import random
 import signal
 import time
 from collections import Counter
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 from cachelab.errors import EnvironmentProblem
@@ -84,14 +84,7 @@ def request_plan(resources: Sequence[Resource], count: int, *, rng: random.Rando
     return plan
 
 
-# ------------------------------------------------------------------ targets and parsers
-
-#: ``done(error_kind, outcome, keep_alive)`` once per complete answer.
-Done = Callable[[str | None, str | None, bool], None]
-
-
-class _Parser(Protocol):
-    def feed(self, data: bytes) -> None: ...
+# ------------------------------------------------------------------ targets
 
 
 @dataclass(frozen=True)
@@ -118,8 +111,8 @@ class HttpTarget:
     def encode(self, item: str) -> bytes:
         return f"GET {item} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n\r\n".encode()
 
-    def parser(self, done: Done) -> _Parser:
-        return _HttpParser(self.header.lower().encode(), done)
+    def link(self, engine: _Engine, slot: _Slot) -> _Link:
+        return _HttpLink(engine, slot, self.header.lower().encode())
 
 
 @dataclass(frozen=True)
@@ -133,55 +126,11 @@ class RedisTarget:
         key = item.encode()
         return b"*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n" % (len(key), key)
 
-    def parser(self, done: Done) -> _Parser:
-        return _RedisParser(done)
+    def link(self, engine: _Engine, slot: _Slot) -> _Link:
+        return _RedisLink(engine, slot)
 
 
 Target = HttpTarget | RedisTarget
-
-
-class _HttpParser:
-    """httptools callbacks: one ``done`` per complete response, status >= 400 an error."""
-
-    def __init__(self, header: bytes, done: Done) -> None:
-        import httptools
-
-        self._parser = httptools.HttpResponseParser(self)
-        self._header = header
-        self._done = done
-        self._outcome: str | None = None
-
-    def feed(self, data: bytes) -> None:
-        self._parser.feed_data(data)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if name.lower() == self._header:
-            self._outcome = value.decode("latin-1")
-
-    def on_message_complete(self) -> None:
-        status = self._parser.get_status_code()
-        outcome, self._outcome = self._outcome, None
-        self._done(f"HTTP {status}" if status >= 400 else None, outcome,
-                   self._parser.should_keep_alive())
-
-
-class _RedisParser:
-    """hiredis: a nil reply is a miss, a value a hit, an error reply an error by its code."""
-
-    def __init__(self, done: Done) -> None:
-        import hiredis
-
-        self._reader = hiredis.Reader()
-        self._error = hiredis.ReplyError
-        self._done = done
-
-    def feed(self, data: bytes) -> None:
-        self._reader.feed(data)
-        while (reply := self._reader.gets()) is not False:
-            if isinstance(reply, self._error):
-                self._done(f"redis {str(reply).split(' ', 1)[0]}", None, True)
-            else:
-                self._done(None, "miss" if reply is None else "hit", True)
 
 
 # ------------------------------------------------------------------ one process's engine
@@ -216,27 +165,80 @@ class PhaseCounts:
 
 
 class _Link(asyncio.Protocol):
-    """One connection of a slot: hands bytes to the target's parser, losses to the engine."""
+    """One connection of a slot; each target's subclass parses its answers and hands
+    each complete one to ``engine.answered``."""
 
     def __init__(self, engine: _Engine, slot: _Slot) -> None:
         self.engine, self.slot = engine, slot
         self.transport: asyncio.WriteTransport | None = None
-        self.parser = engine.target.parser(lambda e, o, k: engine.answered(slot, e, o, k))
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
 
-    def data_received(self, data: bytes) -> None:
-        try:
-            self.parser.feed(data)
-        except Exception:  # a garbled answer: count it, drop the connection
-            self.engine.failed(self.slot, "bad response")
-            if self.transport is not None:
-                self.transport.abort()
+    def garbled(self) -> None:
+        """An answer the parser refused: count it and drop the connection."""
+        self.engine.failed(self.slot, "bad response")
+        if self.transport is not None:
+            self.transport.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.slot.link is self:
             self.engine.lost(self.slot, exc)
+
+
+class _HttpLink(_Link):
+    """httptools callbacks: one answer per complete response, status >= 400 an error."""
+
+    def __init__(self, engine: _Engine, slot: _Slot, header: bytes) -> None:
+        import httptools
+
+        super().__init__(engine, slot)
+        self._parser = httptools.HttpResponseParser(self)
+        self._parse_error = httptools.HttpParserError
+        self._header = header
+        self._outcome: str | None = None
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self._parser.feed_data(data)
+        except self._parse_error:
+            self.garbled()
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if name.lower() == self._header:
+            self._outcome = value.decode("latin-1")
+
+    def on_message_complete(self) -> None:
+        status = self._parser.get_status_code()
+        outcome, self._outcome = self._outcome, None
+        self.engine.answered(self.slot, f"HTTP {status}" if status >= 400 else None, outcome,
+                             self._parser.should_keep_alive())
+
+
+class _RedisLink(_Link):
+    """hiredis: a nil reply is a miss, a value a hit, an error reply an error by its code."""
+
+    def __init__(self, engine: _Engine, slot: _Slot) -> None:
+        import hiredis
+
+        super().__init__(engine, slot)
+        self._reader = hiredis.Reader()
+        self._reply_error = hiredis.ReplyError
+        self._protocol_error = hiredis.ProtocolError
+
+    def data_received(self, data: bytes) -> None:
+        reader, answered = self._reader, self.engine.answered
+        try:
+            reader.feed(data)
+            while (reply := reader.gets()) is not False:
+                if reply is None:
+                    answered(self.slot, None, "miss", True)
+                elif isinstance(reply, self._reply_error):
+                    answered(self.slot, f"redis {str(reply).split(' ', 1)[0]}", None, True)
+                else:
+                    answered(self.slot, None, "hit", True)
+        except self._protocol_error:
+            self.garbled()
 
 
 @dataclass(eq=False)
@@ -260,7 +262,10 @@ class _Engine:
         self._loop = asyncio.get_running_loop()
         self._next = self._stop = 0
         self._deadline_ns: int | None = None
-        self._hist: LatencyHistogram | None = None
+        self._hist: MergeableHistogram | None = None
+        # Latencies wait here in whole microseconds and enter the histogram in bulk:
+        # recording one by one (Python code in hdrh) would cost more than a GET.
+        self._latencies_us: list[int] = []
         self._counts = PhaseCounts()
         self._finished: asyncio.Future[None] | None = None
         self._closing = False
@@ -268,8 +273,8 @@ class _Engine:
 
     async def _connect(self, slot: _Slot) -> None:
         _, link = await asyncio.wait_for(
-            self._loop.create_connection(lambda: _Link(self, slot), self.target.host,
-                                         self.target.port),
+            self._loop.create_connection(lambda: self.target.link(self, slot),
+                                         self.target.host, self.target.port),
             self.timeout_ns / 1e9)
         slot.link = link
 
@@ -285,7 +290,7 @@ class _Engine:
                 raise exc
 
     async def phase(self, first: int, count: int, *, duration_s: float | None = None,
-                    hist: LatencyHistogram | None = None,
+                    hist: MergeableHistogram | None = None,
                     alive: Callable[[], bool] = lambda: True) -> PhaseCounts:
         """Play plan indices ``first .. first + count - 1`` that are this engine's."""
         self._counts = PhaseCounts(start_ns=time.monotonic_ns())
@@ -305,7 +310,13 @@ class _Engine:
         finally:
             watchdog.cancel()
         self._counts.end_ns = time.monotonic_ns()
+        self._flush_latencies()
         return self._counts
+
+    def _flush_latencies(self) -> None:
+        if self._hist is not None and self._latencies_us:
+            self._hist.record_us_counts(Counter(self._latencies_us))
+        self._latencies_us.clear()
 
     def _used_up(self, now_ns: int) -> bool:
         return (self._next >= self._stop or self._closing
@@ -336,18 +347,30 @@ class _Engine:
 
     def answered(self, slot: _Slot, error: str | None, outcome: str | None,
                  keep_alive: bool) -> None:
-        if not slot.sent_ns:
+        """A complete answer: count it, then send the slot its next request."""
+        now = time.perf_counter_ns()
+        sent_ns = slot.sent_ns
+        if not sent_ns:
             return  # an answer to a request already counted as timed out
-        latency_ns = time.perf_counter_ns() - slot.sent_ns
-        slot.sent_ns = 0
         counts = self._counts
         counts.responses += 1
         if self._hist is not None:
-            self._hist.record_ns(latency_ns)
+            self._latencies_us.append((now - sent_ns) // 1000)
+            if len(self._latencies_us) >= 1 << 16:
+                self._flush_latencies()
         if error is not None:
             counts.errors[error] += 1
         if outcome is not None:
             counts.outcomes[outcome] += 1
+        # The common case inlined (this runs once per request): send the next one now.
+        if (keep_alive and self._next < self._stop and not self._closing
+                and (self._deadline_ns is None or now < self._deadline_ns)
+                and slot.link is not None and slot.link.transport is not None):
+            index, self._next = self._next, self._next + self.stride
+            slot.sent_ns = time.perf_counter_ns()
+            slot.link.transport.write(self.requests[index % len(self.requests)])
+            return
+        slot.sent_ns = 0
         if not keep_alive:  # the server closes this connection: carry on over a new one
             self._drop(slot)
         self._issue(slot)
@@ -508,6 +531,12 @@ class MergeableHistogram(LatencyHistogram):
 
     def add_encoded(self, encoded: bytes) -> None:
         self._hist.decode_and_add(encoded)
+
+    def record_us_counts(self, counts: Mapping[int, int]) -> None:
+        """Record ``count`` durations of ``us`` microseconds for each pair, at once."""
+        highest = self._hist.highest_trackable_value
+        for us, count in counts.items():
+            self._hist.record_value(min(max(1, us), highest), count)
 
 
 Hook = Callable[[], object]
