@@ -262,10 +262,10 @@ class _Engine:
         self._loop = asyncio.get_running_loop()
         self._next = self._stop = 0
         self._deadline_ns: int | None = None
-        self._hist: MergeableHistogram | None = None
-        # Latencies wait here in whole microseconds and enter the histogram in bulk:
+        self._latencies: Latencies | None = None
+        # (outcome, microseconds) pairs wait here and enter the histograms in bulk:
         # recording one by one (Python code in hdrh) would cost more than a GET.
-        self._latencies_us: list[int] = []
+        self._pending: list[tuple[str | None, int]] = []
         self._counts = PhaseCounts()
         self._finished: asyncio.Future[None] | None = None
         self._closing = False
@@ -290,11 +290,11 @@ class _Engine:
                 raise exc
 
     async def phase(self, first: int, count: int, *, duration_s: float | None = None,
-                    hist: MergeableHistogram | None = None,
+                    latencies: Latencies | None = None,
                     alive: Callable[[], bool] = lambda: True) -> PhaseCounts:
         """Play plan indices ``first .. first + count - 1`` that are this engine's."""
         self._counts = PhaseCounts(start_ns=time.monotonic_ns())
-        self._hist = hist
+        self._latencies = latencies
         self._next = first + (self.offset - first) % self.stride
         self._stop = first + count
         self._deadline_ns = (time.perf_counter_ns() + int(duration_s * 1e9)
@@ -314,9 +314,9 @@ class _Engine:
         return self._counts
 
     def _flush_latencies(self) -> None:
-        if self._hist is not None and self._latencies_us:
-            self._hist.record_us_counts(Counter(self._latencies_us))
-        self._latencies_us.clear()
+        if self._latencies is not None and self._pending:
+            self._latencies.record_counts(Counter(self._pending))
+        self._pending.clear()
 
     def _used_up(self, now_ns: int) -> bool:
         return (self._next >= self._stop or self._closing
@@ -354,9 +354,9 @@ class _Engine:
             return  # an answer to a request already counted as timed out
         counts = self._counts
         counts.responses += 1
-        if self._hist is not None:
-            self._latencies_us.append((now - sent_ns) // 1000)
-            if len(self._latencies_us) >= 1 << 16:
+        if self._latencies is not None:
+            self._pending.append((outcome, (now - sent_ns) // 1000))
+            if len(self._pending) >= 1 << 16:
                 self._flush_latencies()
         if error is not None:
             counts.errors[error] += 1
@@ -495,9 +495,19 @@ class LoadResult:
     """The measured phase: latencies, answers, failures, and the warm-up's counts."""
 
     spec: LoadSpec
-    latency: MergeableHistogram
+    latencies: Latencies
     measured: PhaseCounts
     warmup: PhaseCounts
+
+    @property
+    def latency(self) -> LatencyHistogram:
+        """Every answer of the measured phase."""
+        return self.latencies.all
+
+    @property
+    def latency_by_outcome(self) -> dict[str, LatencyHistogram]:
+        """The answers of each outcome (``hit``, ``miss``, ``bypass``), apart."""
+        return dict(self.latencies.by_outcome)
 
     @property
     def elapsed_s(self) -> float:
@@ -539,6 +549,38 @@ class MergeableHistogram(LatencyHistogram):
             self._hist.record_value(min(max(1, us), highest), count)
 
 
+class Latencies:
+    """The HDR histograms of a measured phase: every answer, and each outcome's apart."""
+
+    def __init__(self) -> None:
+        self.all = MergeableHistogram()
+        self.by_outcome: dict[str, MergeableHistogram] = {}
+
+    def record_counts(self, counts: Mapping[tuple[str | None, int], int]) -> None:
+        """``counts[(outcome, us)]`` answers of ``outcome`` took ``us`` microseconds."""
+        overall: Counter[int] = Counter()
+        split: dict[str, Counter[int]] = {}
+        for (outcome, us), n in counts.items():
+            overall[us] += n
+            if outcome is not None:
+                split.setdefault(outcome, Counter())[us] += n
+        self.all.record_us_counts(overall)
+        for outcome, values in split.items():
+            self.by_outcome.setdefault(outcome, MergeableHistogram()).record_us_counts(values)
+
+    def encode(self) -> dict[str, bytes]:
+        return {"": self.all.encode(), **{f"outcome:{name}": hist.encode()
+                                          for name, hist in self.by_outcome.items()}}
+
+    def add_encoded(self, encoded: Mapping[str, bytes]) -> None:
+        for name, blob in encoded.items():
+            if name == "":
+                self.all.add_encoded(blob)
+            else:
+                outcome = name.removeprefix("outcome:")
+                self.by_outcome.setdefault(outcome, MergeableHistogram()).add_encoded(blob)
+
+
 Hook = Callable[[], object]
 
 
@@ -560,7 +602,7 @@ def run_load(target: Target, plan: Sequence[str], spec: LoadSpec, *,
 
 def _run_here(target: Target, plan: Sequence[str], spec: LoadSpec,
               before: Hook | None, after: Hook | None) -> LoadResult:
-    hist = MergeableHistogram()
+    latencies = Latencies()
 
     async def play() -> tuple[PhaseCounts, PhaseCounts]:
         engine = _Engine(target, plan, connections=spec.concurrency, timeout_s=spec.timeout_s)
@@ -570,7 +612,7 @@ def _run_here(target: Target, plan: Sequence[str], spec: LoadSpec,
             if before is not None:
                 before()
             measured = await engine.phase(spec.warmup, spec.requests,
-                                          duration_s=spec.duration_s, hist=hist)
+                                          duration_s=spec.duration_s, latencies=latencies)
             if after is not None:
                 after()
             return warm, measured
@@ -578,7 +620,7 @@ def _run_here(target: Target, plan: Sequence[str], spec: LoadSpec,
             engine.close()
 
     warm, measured = _run(play())
-    return LoadResult(spec, hist, measured, warm)
+    return LoadResult(spec, latencies, measured, warm)
 
 
 # ------------------------------------------------------------------ worker processes
@@ -611,10 +653,12 @@ def _worker(job: _WorkerSpec, pipe: Connection) -> None:
             pipe.send(("warm", warm.as_dict()))
             if pipe.recv() != "go":
                 return
-            hist = MergeableHistogram()
+            latencies = Latencies()
             measured = await engine.phase(spec.warmup, spec.requests,
-                                          duration_s=spec.duration_s, hist=hist, alive=alive)
-            pipe.send(("done", {"measured": measured.as_dict(), "hist": hist.encode()}))
+                                          duration_s=spec.duration_s, latencies=latencies,
+                                          alive=alive)
+            pipe.send(("done", {"measured": measured.as_dict(),
+                                "latencies": latencies.encode()}))
         finally:
             engine.close()
 
@@ -649,14 +693,14 @@ def _run_workers(target: Target, plan: Sequence[str], spec: LoadSpec,
             before()
         for _, pipe in workers:
             pipe.send("go")
-        hist, measured = MergeableHistogram(), PhaseCounts()
+        latencies, measured = Latencies(), PhaseCounts()
         for payload in _collect(workers, "done"):
             measured.merge(PhaseCounts.from_dict(payload["measured"]))
-            hist.add_encoded(payload["hist"])
+            latencies.add_encoded(payload["latencies"])
         finished = True
         if after is not None:
             after()
-        return LoadResult(spec, hist, measured, warm)
+        return LoadResult(spec, latencies, measured, warm)
     finally:
         _end(workers, grace_s=2.0 if finished else 0.0)
 

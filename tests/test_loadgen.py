@@ -116,6 +116,8 @@ def test_every_answer_is_counted_and_matches_the_servers_own_counters(lab: Lab) 
     assert result.outcomes["hit"] == probe.delta("cache_hits")
     assert result.outcomes["miss"] == probe.delta("cache_misses")
     assert probe.delta("db_queries") == result.outcomes["miss"]  # only misses query
+    # Each answer's latency is in the histogram of its X-Cache value too.
+    assert {k: h.count for k, h in result.latency_by_outcome.items()} == dict(result.outcomes)
     # The warm-up cached what it asked for, so only new items miss: each at least once,
     # more only when several connections asked for it at the same time.
     measured = measured_part(plan, spec)
@@ -147,6 +149,7 @@ def test_several_worker_processes_share_the_plan_and_leave_nothing_behind(lab: L
     assert result.warmup.responses == 100 and result.responses == 600
     assert result.latency.count == 600 and result.errors == 0
     assert result.outcomes == Counter({"bypass": 600})
+    assert result.latency_by_outcome["bypass"].count == 600
     assert probe.delta("db_queries") == 600
     assert multiprocessing.active_children() == []
 
