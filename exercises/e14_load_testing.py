@@ -71,7 +71,6 @@ INFO = ExerciseInfo(
     headline="speedup_rps",
 )
 
-MODES = ("no_cache", "cache")
 REPORT_SETS = 48  # distinct (period, city) sales reports the plan asks for
 
 
