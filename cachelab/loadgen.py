@@ -263,9 +263,9 @@ class _Engine:
         self._next = self._stop = 0
         self._deadline_ns: int | None = None
         self._latencies: Latencies | None = None
-        # (outcome, microseconds) pairs wait here and enter the histograms in bulk:
-        # recording one by one (Python code in hdrh) would cost more than a GET.
-        self._pending: list[tuple[str | None, int]] = []
+        # Microseconds wait here, by outcome, and enter the histograms (and the outcome
+        # counts) in bulk: one by one (Python code in hdrh) would cost more than a GET.
+        self._pending: dict[str | None, list[int]] = {}
         self._counts = PhaseCounts()
         self._finished: asyncio.Future[None] | None = None
         self._closing = False
@@ -314,8 +314,11 @@ class _Engine:
         return self._counts
 
     def _flush_latencies(self) -> None:
-        if self._latencies is not None and self._pending:
-            self._latencies.record_counts(Counter(self._pending))
+        for outcome, values in self._pending.items():
+            if outcome is not None:
+                self._counts.outcomes[outcome] += len(values)
+            if self._latencies is not None:
+                self._latencies.record_counts(outcome, Counter(values))
         self._pending.clear()
 
     def _used_up(self, now_ns: int) -> bool:
@@ -354,14 +357,14 @@ class _Engine:
             return  # an answer to a request already counted as timed out
         counts = self._counts
         counts.responses += 1
-        if self._latencies is not None:
-            self._pending.append((outcome, (now - sent_ns) // 1000))
-            if len(self._pending) >= 1 << 16:
-                self._flush_latencies()
         if error is not None:
             counts.errors[error] += 1
-        if outcome is not None:
-            counts.outcomes[outcome] += 1
+        pending = self._pending.get(outcome)
+        if pending is None:
+            pending = self._pending[outcome] = []
+        pending.append((now - sent_ns) // 1000)
+        if len(pending) >= 1 << 16:
+            self._flush_latencies()
         # The common case inlined (this runs once per request): send the next one now.
         if (keep_alive and self._next < self._stop and not self._closing
                 and (self._deadline_ns is None or now < self._deadline_ns)
@@ -556,17 +559,11 @@ class Latencies:
         self.all = MergeableHistogram()
         self.by_outcome: dict[str, MergeableHistogram] = {}
 
-    def record_counts(self, counts: Mapping[tuple[str | None, int], int]) -> None:
-        """``counts[(outcome, us)]`` answers of ``outcome`` took ``us`` microseconds."""
-        overall: Counter[int] = Counter()
-        split: dict[str, Counter[int]] = {}
-        for (outcome, us), n in counts.items():
-            overall[us] += n
-            if outcome is not None:
-                split.setdefault(outcome, Counter())[us] += n
-        self.all.record_us_counts(overall)
-        for outcome, values in split.items():
-            self.by_outcome.setdefault(outcome, MergeableHistogram()).record_us_counts(values)
+    def record_counts(self, outcome: str | None, counts: Mapping[int, int]) -> None:
+        """``counts[us]`` answers of ``outcome`` (None: none said) took ``us`` microseconds."""
+        self.all.record_us_counts(counts)
+        if outcome is not None:
+            self.by_outcome.setdefault(outcome, MergeableHistogram()).record_us_counts(counts)
 
     def encode(self) -> dict[str, bytes]:
         return {"": self.all.encode(), **{f"outcome:{name}": hist.encode()
