@@ -534,36 +534,18 @@ class LoadResult:
         return self.measured.outcomes
 
 
-class MergeableHistogram(LatencyHistogram):
-    """A :class:`LatencyHistogram` that travels between processes (HdrHistogram's
-    compressed encoding) and adds up with others."""
-
-    def encode(self) -> bytes:
-        encoded: bytes = self._hist.encode()  # base64 of the compressed V2 format
-        return encoded
-
-    def add_encoded(self, encoded: bytes) -> None:
-        self._hist.decode_and_add(encoded)
-
-    def record_us_counts(self, counts: Mapping[int, int]) -> None:
-        """Record ``count`` durations of ``us`` microseconds for each pair, at once."""
-        highest = self._hist.highest_trackable_value
-        for us, count in counts.items():
-            self._hist.record_value(min(max(1, us), highest), count)
-
-
 class Latencies:
     """The HDR histograms of a measured phase: every answer, and each outcome's apart."""
 
     def __init__(self) -> None:
-        self.all = MergeableHistogram()
-        self.by_outcome: dict[str, MergeableHistogram] = {}
+        self.all = LatencyHistogram()
+        self.by_outcome: dict[str, LatencyHistogram] = {}
 
     def record_counts(self, outcome: str | None, counts: Mapping[int, int]) -> None:
         """``counts[us]`` answers of ``outcome`` (None: none said) took ``us`` microseconds."""
         self.all.record_us_counts(counts)
         if outcome is not None:
-            self.by_outcome.setdefault(outcome, MergeableHistogram()).record_us_counts(counts)
+            self.by_outcome.setdefault(outcome, LatencyHistogram()).record_us_counts(counts)
 
     def encode(self) -> dict[str, bytes]:
         return {"": self.all.encode(), **{f"outcome:{name}": hist.encode()
@@ -575,7 +557,7 @@ class Latencies:
                 self.all.add_encoded(blob)
             else:
                 outcome = name.removeprefix("outcome:")
-                self.by_outcome.setdefault(outcome, MergeableHistogram()).add_encoded(blob)
+                self.by_outcome.setdefault(outcome, LatencyHistogram()).add_encoded(blob)
 
 
 Hook = Callable[[], object]

@@ -6,7 +6,7 @@ import bisect
 import itertools
 import random
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Literal
 
@@ -46,6 +46,21 @@ class LatencyHistogram:
         if self.count == 0:
             return 0.0
         return float(self._hist.get_value_at_percentile(percentile)) / 1000
+
+    def encode(self) -> bytes:
+        """HdrHistogram's compressed form (base64), to send it to another process."""
+        encoded: bytes = self._hist.encode()
+        return encoded
+
+    def add_encoded(self, encoded: bytes) -> None:
+        """Add a histogram another process encoded (its worker's latencies)."""
+        self._hist.decode_and_add(encoded)
+
+    def record_us_counts(self, counts: Mapping[int, int]) -> None:
+        """Record ``count`` durations of ``us`` microseconds for each pair, at once."""
+        highest = self._hist.highest_trackable_value
+        for us, count in counts.items():
+            self._hist.record_value(min(max(1, us), highest), count)
 
     def summary_ms(self) -> dict[str, float]:
         """p50, p95, p99 and max in milliseconds."""

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from cachelab.fixtures.shop import ShopDatabase
     from cachelab.fixtures.shop_api import Caching
     from cachelab.lab import Lab
-    from cachelab.loadgen import LoadResult, MergeableHistogram
+    from cachelab.loadgen import LatencyHistogram, LoadResult
 
 INFO = ExerciseInfo(
     id="exercise-14",
@@ -141,14 +141,14 @@ class Mode:
     def requests(self) -> int:
         return sum(r.load.responses for r in self.runs)
 
-    def by_outcome(self) -> dict[str, MergeableHistogram]:
+    def by_outcome(self) -> dict[str, LatencyHistogram]:
         """Latencies of each X-Cache value, every trial together."""
-        from cachelab.loadgen import MergeableHistogram
+        from cachelab.loadgen import LatencyHistogram
 
-        merged: dict[str, MergeableHistogram] = {}
+        merged: dict[str, LatencyHistogram] = {}
         for r in self.runs:
             for outcome, hist in r.load.latencies.by_outcome.items():
-                merged.setdefault(outcome, MergeableHistogram()).add_encoded(hist.encode())
+                merged.setdefault(outcome, LatencyHistogram()).add_encoded(hist.encode())
         return merged
 
     def header_counts(self) -> Counter[str]:

@@ -16,9 +16,9 @@ from cachelab.fixtures._ports import claim_port
 from cachelab.lab import Lab
 from cachelab.loadgen import (
     HttpTarget,
+    LatencyHistogram,
     LoadError,
     LoadSpec,
-    MergeableHistogram,
     RedisTarget,
     Resource,
     request_plan,
@@ -86,7 +86,7 @@ def test_bad_plans_and_specs_are_refused() -> None:
 
 
 def test_histograms_merge_through_their_encoding() -> None:
-    a, b = MergeableHistogram(), MergeableHistogram()
+    a, b = LatencyHistogram(), LatencyHistogram()
     for ms in (1, 2, 3):
         a.record_ns(ms * 1_000_000)
     b.record_ns(50_000_000)
