@@ -5,11 +5,12 @@ every API process shares them, and each limiter decides in one Lua script on Red
 clock, atomically. Four ways: a fixed window (``INCR`` per window of the clock, its
 expiry set in the same step), a sliding log (a sorted set of admission times), a
 sliding-window counter (two counters, the previous one weighted) and a token bucket
-(capacity ``limit``, refilled at ``limit`` per window).
+(half the limit as its capacity, refilled with the other half every window).
 
-The token bucket's guarantee is not "``limit`` per window": in any stretch of time
-``s`` it admits at most ``capacity + limit * s / window_s`` (what it held plus what
-dripped in), which is what the run checks for every stretch between two admissions.
+In any stretch of time ``s`` the token bucket admits at most ``capacity + rate * s /
+window_s`` (what it held plus what dripped in): with capacity and rate adding up to the
+limit, no window of ``window_s`` ever holds more than ``limit``. The run checks that
+bound for every stretch between two admissions, and the limit in every window.
 
 Metrics: limit, window_s, clients, requests, allowed_fixed, denied_fixed,
 max_in_any_window_fixed, allowed_sliding_log, denied_sliding_log,
@@ -67,7 +68,7 @@ INFO = ExerciseInfo(
     checks=(
         "every limiter admits a full quota from a fresh start",
         "the fixed window lets more than the limit through across a boundary",
-        "sliding log and token bucket stay within their bounds in any window",
+        "sliding log and token bucket stay within the limit in any window",
         "concurrent clients never get more than the limit per window",
         "over-limit answers are 429 with Retry-After and RateLimit headers",
         "no limiter key is ever left without an expiry",
@@ -333,9 +334,10 @@ def run(
                         "http_denied": http_denied})
 
     first = {a: sum(d.allowed for d in burst.before[a]) for a in ALGORITHMS}
+    quota = {a: by_name[a].quota for a in ALGORITHMS}  # the bucket's is its capacity
     result.check("every limiter admits a full quota from a fresh start",
-                 all(n == limit for n in first.values()),
-                 ", ".join(f"{a} {n}/{limit}" for a, n in first.items())
+                 all(n == quota[a] for a, n in first.items()),
+                 ", ".join(f"{a} {n}/{quota[a]}" for a, n in first.items())
                  + " of the first batch")
     result.check("the fixed window lets more than the limit through across a boundary",
                  burst.placed and burst_most["fixed"] > limit,
@@ -345,8 +347,13 @@ def run(
     strict = [(f"{a} ({phase})", bound)
               for phase, bounds in (("burst", burst_bounds), ("concurrent", concurrent_bounds))
               for a, bound in bounds.items() if a in ("sliding_log", "token_bucket")]
-    result.check("sliding log and token bucket stay within their bounds in any window",
-                 all(b.held for _, b in strict), "; ".join(f"{name} {b}" for name, b in strict))
+    within = {a: max(burst_most[a], max_in_any_window(concurrent[a], window_us))
+              for a in ("sliding_log", "token_bucket")}
+    result.check("sliding log and token bucket stay within the limit in any window",
+                 all(b.held for _, b in strict) and all(n <= limit for n in within.values()),
+                 ", ".join(f"{a} at most {n}" for a, n in within.items())
+                 + f" in any {window_s:g}s against a limit of {limit}; "
+                 + "; ".join(f"{name} {b}" for name, b in strict))
     # A limit never reached proves nothing: each must have refused some requests.
     busy = [a for a in ALGORITHMS if denied[a] == 0] + ([] if http_denied else ["HTTP"])
     concurrent_ok = (len(reports) == clients and all(b.held for b in concurrent_bounds.values())
@@ -357,7 +364,7 @@ def run(
                  + f"; HTTP {http_bound}, {http_errors} errors"
                  + (f"; the clients never reached the limit of {', '.join(busy)}: "
                     "try a lower --limit or more --clients" if busy else ""))
-    walk_ok, walk_detail = _judge_walk(walk, after_wait, limit)
+    walk_ok, walk_detail = _judge_walk(walk, after_wait, limit, api_limiter.quota)
     result.check("over-limit answers are 429 with Retry-After and RateLimit headers",
                  walk_ok, walk_detail)
     unseen = [a for a in ALGORITHMS if not sampler.seen_of(a)]
@@ -370,10 +377,12 @@ def run(
     result.note(f"Across the boundary the fixed window admitted {burst_most['fixed']} "
                 f"requests within {window_s:g}s: each window's count was within {limit}, "
                 "but the windows are the clock's, not the client's.")
-    result.note(f"The token bucket admits at most its capacity plus the refill over any "
-                f"stretch of time (here {limit} + {limit} per {window_s:g}s); in the burst, "
-                f"{tb}. Over a whole window after a quiet spell that is up to {2 * limit}: "
-                "the capacity sets the burst, the rate the average.")
+    bucket = by_name["token_bucket"]
+    result.note(f"The token bucket holds {bucket.capacity} tokens and gets {bucket.rate} back "
+                f"every {window_s:g}s: at most {bucket.capacity} + {bucket.rate} = {limit} in "
+                f"any window; in the burst, {tb}. A bucket holding the whole limit and "
+                f"refilling it every window would let up to {2 * limit} through after a "
+                "quiet spell: the capacity sets the burst, the rate the average.")
     if most["sliding_counter"] > limit:
         result.note(f"The sliding-window counter let {most['sliding_counter']} through in one "
                     f"{window_s:g}s window while each estimate stayed within {limit}: it "
@@ -446,12 +455,13 @@ def _shorten(rows: list[Row], keep: int = 8) -> list[Row]:
     return [*rows[:keep], gap, *rows[-keep:]]
 
 
-def _judge_walk(walk: list[Row], after_wait: Row, limit: int) -> tuple[bool, str]:
+def _judge_walk(walk: list[Row], after_wait: Row, limit: int, quota: int
+                ) -> tuple[bool, str]:
     allowed, refused = walk[:-1], walk[-1]
     headers_ok = all(r[2] == str(limit) and str(r[3]).isdigit() and str(r[4]).isdigit()
                      for r in walk)
     remaining = [int(r[3]) for r in allowed if str(r[3]).isdigit()]
-    counts_down = (len(remaining) == len(allowed) >= limit and remaining[0] == limit - 1
+    counts_down = (len(remaining) == len(allowed) >= quota and remaining[0] == quota - 1
                    and remaining[-1] == 0
                    and all(b >= a - 1 for a, b in itertools.pairwise(remaining)))
     refused_ok = (refused[1] == 429 and refused[3] == "0" and str(refused[5]).isdigit()

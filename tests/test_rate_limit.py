@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import pytest
 import redis
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from cachelab.caching.rate_limit import (
@@ -80,7 +80,8 @@ class Model:
         full = self.capacity * self.window
         if self.level is None:
             return full
-        return min(full, self.level + max(0, t - self.ts) * self.limit)
+        rate = self.limit - self.capacity  # what the bucket refills per window
+        return min(full, self.level + max(0, t - self.ts) * rate)
 
     def admits(self, t: int) -> bool:
         return self._state(t)[0]
@@ -111,6 +112,9 @@ def test_each_limiter_decides_exactly_as_its_model(
         gaps: list[int]) -> None:
     """Admitted, remaining and Retry-After agree with the model at every step, and a
     refused request would pass after exactly its Retry-After, not a microsecond sooner."""
+    if algorithm == "token_bucket":  # capacity + refill = limit: 1 <= capacity < limit
+        assume(limit >= 2)
+        capacity = 1 + (capacity - 1) % (limit - 1)
     extra = {"capacity": capacity} if algorithm == "token_bucket" else {}
     limiter = LIMITERS[algorithm](_client(lab), limit=limit, window_s=window_us / 1e6,
                                   prefix=f"rl{next(_example)}", extra_ttl_s=60, **extra)
@@ -137,21 +141,34 @@ def test_across_a_boundary_the_fixed_window_admits_twice_the_limit(lab: Lab) -> 
         limiter = cls(client, limit=limit, window_s=1.0, extra_ttl_s=60)
         admitted[limiter.algorithm] = [t for t in times if limiter.hit("bob", now_us=t).allowed]
     most = {a: max_in_any_window(ts, window) for a, ts in admitted.items()}
-    # 70 ms of refill at 10 per second is 0.7 of a token: not one more request.
+    # The bucket holds half the limit; 70 ms of refill at 5 a second is 0.35 of a token.
     assert most == {"fixed": 2 * limit, "sliding_log": limit, "sliding_counter": limit,
-                    "token_bucket": limit}
+                    "token_bucket": limit // 2}
     assert max_per_fixed_window(admitted["fixed"], window) == limit  # its own promise holds
 
 
 def test_a_token_bucket_admits_its_capacity_then_its_rate(lab: Lab) -> None:
     bucket = TokenBucketLimiter(_client(lab), limit=10, window_s=1.0, capacity=4,
                                 extra_ttl_s=60)
+    assert bucket.rate == 6 and bucket.quota == 4
     at = [BASE_US + i * 10_000 for i in range(100)]  # 100 requests a second for 1 s
     admitted = [t for t in at if bucket.hit("carol", now_us=t).allowed]
-    # 4 at once, then one per 100 ms of refill: 4 + 9 over the 0.99 s.
-    assert len(admitted) == 4 + 9
+    # 4 at once, then one per 1/6 s of refill: 4 + 5 over the 0.99 s, never over 10.
+    assert len(admitted) == 4 + 5
     assert admitted[:4] == at[:4]
-    assert bucket.bound(admitted).held and bucket.allowance(990_000) == pytest.approx(13.9)
+    assert bucket.bound(admitted).held and bucket.allowance(990_000) == pytest.approx(9.94)
+    assert max_in_any_window(admitted, 1_000_000) <= 10
+
+
+def test_a_token_bucket_needs_room_to_refill() -> None:
+    client = redis.Redis()  # never connected
+    for capacity in (0, 10, 11):
+        with pytest.raises(ValueError, match="capacity from 1 to 9"):
+            TokenBucketLimiter(client, limit=10, window_s=1.0, capacity=capacity)
+    with pytest.raises(ValueError, match="at least 2"):
+        TokenBucketLimiter(client, limit=1, window_s=1.0)
+    assert TokenBucketLimiter(client, limit=7, window_s=1.0).capacity == 4
+    client.close()
 
 
 # ---------------------------------------------------------------- the checks can fail
@@ -173,9 +190,10 @@ def test_bounds_catch_a_limiter_that_admits_too_many() -> None:
     late = [BASE_US + w - 3, BASE_US + w - 2, BASE_US + w - 1, BASE_US + w + 10]
     assert not counter.bound(late).held and counter.bound(late[:3]).held
     assert not bucket.bound(four_in_a_window).held
-    # Three at once, then one more once a token has dripped in (a third of a window).
-    assert bucket.bound([BASE_US, BASE_US, BASE_US, BASE_US + w // 3 + 1]).held
-    assert not bucket.bound([BASE_US, BASE_US, BASE_US, BASE_US + w // 3]).held
+    # Capacity 2, refill 1 a window: two at once, then one more once it has dripped in.
+    assert (bucket.capacity, bucket.rate) == (2, 1)
+    assert bucket.bound([BASE_US, BASE_US, BASE_US + w]).held
+    assert not bucket.bound([BASE_US, BASE_US, BASE_US + w - 1]).held
     client.close()
 
 
@@ -200,17 +218,18 @@ def test_every_key_expires_once_it_no_longer_matters(lab: Lab, algorithm: str) -
     for _ in range(7):
         limiter.queue(pipe, "dave")
     decisions = [limiter.decision(reply) for reply in pipe.execute()]
-    assert [d.allowed for d in decisions].count(True) == 5
+    assert [d.allowed for d in decisions].count(True) == limiter.quota  # 3 for the bucket
     keys = client.keys("ratelimit:*")
     ttls = [client.pttl(k) for k in keys]
+    # The bucket's key lives until it is full again: 3 tokens at 2 a window.
     longest_ms = {"fixed": 200, "sliding_log": 200, "sliding_counter": 400,
-                  "token_bucket": 200}[algorithm]
+                  "token_bucket": 300}[algorithm]
     assert keys and all(0 < t <= longest_ms for t in ttls), dict(zip(keys, ttls, strict=True))
     deadline = time.monotonic() + 2
     while client.keys("ratelimit:*") and time.monotonic() < deadline:
         time.sleep(0.02)
     assert client.keys("ratelimit:*") == []
-    assert limiter.hit("dave").remaining == 4  # a fresh quota once the keys are gone
+    assert limiter.hit("dave").remaining == limiter.quota - 1  # fresh once the keys are gone
 
 
 def test_a_limiter_works_through_the_asyncio_client(lab: Lab) -> None:

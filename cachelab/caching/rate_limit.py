@@ -119,21 +119,21 @@ end
 return {0, 0, reset, math.max(1, retry), now}
 """
 
-# The level is kept in units of 1/window of a token, so that the refill (limit tokens
-# per window: limit units per microsecond) is exact integer arithmetic. The key expires
+# The level is kept in units of 1/window of a token, so that the refill (rate tokens
+# per window: rate units per microsecond) is exact integer arithmetic. The key expires
 # when the bucket would be full again: a missing key is a full bucket.
 _TOKEN_BUCKET = """
-local key, capacity = KEYS[1], tonumber(ARGV[5]) * window
+local key, capacity, rate = KEYS[1], tonumber(ARGV[5]) * window, tonumber(ARGV[6])
 local state = redis.call('HMGET', key, 'level', 'ts')
 local level, ts = tonumber(state[1]) or capacity, tonumber(state[2]) or now
-if now > ts then level = math.min(capacity, level + (now - ts) * limit) end
+if now > ts then level = math.min(capacity, level + (now - ts) * rate) end
 if level >= window then
   level = level - window
   redis.call('HSET', key, 'level', level, 'ts', now)
-  redis.call('PEXPIRE', key, ms((capacity - level) / limit))
-  return {1, math.floor(level / window), math.ceil((capacity - level) / limit), 0, now}
+  redis.call('PEXPIRE', key, ms((capacity - level) / rate))
+  return {1, math.floor(level / window), math.ceil((capacity - level) / rate), 0, now}
 end
-return {0, 0, math.ceil((capacity - level) / limit), math.ceil((window - level) / limit), now}
+return {0, 0, math.ceil((capacity - level) / rate), math.ceil((window - level) / rate), now}
 """
 
 
@@ -234,6 +234,11 @@ class Limiter:
     def window_s(self) -> float:
         return self.window_us / 1_000_000
 
+    @property
+    def quota(self) -> int:
+        """Requests admitted at once from a fresh start."""
+        return self.limit
+
     def key(self, identity: str) -> str:
         return f"{self.prefix}:{self.algorithm}:{{{identity}}}"
 
@@ -318,13 +323,15 @@ class SlidingCounterLimiter(Limiter):
 
 
 class TokenBucketLimiter(Limiter):
-    """A bucket of ``capacity`` tokens (default ``limit``), refilled at ``limit`` per
+    """A bucket of ``capacity`` tokens refilled at ``limit - capacity`` tokens per
     window; a request takes one.
 
-    In any stretch of time ``s`` it admits at most ``capacity + limit * s / window``: the
-    tokens it held at the start plus those that dripped in. With the capacity equal to
-    the limit, that is up to twice the limit in one window after a quiet spell, but a
-    burst that empties the bucket is followed by the refill rate only.
+    In any stretch of time ``s`` it admits at most ``capacity + rate * s / window``: the
+    tokens it held at the start plus those that dripped in. Capacity and rate add up to
+    the limit, so no window ever admits more than ``limit`` (a bucket holding the whole
+    limit and refilling it every window would admit twice the limit after a quiet
+    spell). The capacity (by default half the limit, rounded up) is the burst it allows,
+    the rate what it sustains.
     """
 
     algorithm = "token_bucket"
@@ -335,22 +342,29 @@ class TokenBucketLimiter(Limiter):
                  capacity: int | None = None) -> None:
         super().__init__(client, limit=limit, window_s=window_s, prefix=prefix,
                          extra_ttl_s=extra_ttl_s)
-        self.capacity = limit if capacity is None else capacity
-        if self.capacity < 1:
-            raise ValueError("capacity must be at least 1")
+        self.capacity = (limit + 1) // 2 if capacity is None else capacity
+        self.rate = limit - self.capacity  # tokens per window
+        if not 1 <= self.capacity < limit:
+            raise ValueError(f"a token bucket needs a capacity from 1 to {limit - 1}, so "
+                             f"that its refill is at least a token per window (limit {limit}"
+                             " = capacity + refill; a limit of at least 2)")
+
+    @property
+    def quota(self) -> int:
+        return self.capacity
 
     def _args(self, now_us: int | None) -> list[int | str]:
-        return [*super()._args(now_us), self.capacity]
+        return [*super()._args(now_us), self.capacity, self.rate]
 
     def allowance(self, span_us: int) -> float:
         """The most it may admit in a stretch of ``span_us``: capacity + refill."""
-        return self.capacity + self.limit * span_us / self.window_us
+        return self.capacity + self.rate * span_us / self.window_us
 
     def bound(self, admitted_us: Sequence[int]) -> Bound:
         """Every stretch from one admission to a later one, checked in O(n): admissions
         i..j need ``(j - i + 1) * w <= capacity * w + limit * (t_j - t_i)``."""
         times = sorted(admitted_us)
-        w, rate = self.window_us, self.limit
+        w, rate = self.window_us, self.rate
         best: tuple[int, int, int] | None = None  # (excess * w, count, span)
         low: tuple[int, int] | None = None  # min over i of i*w - rate*t_i, and that i
         for j, t in enumerate(times):
