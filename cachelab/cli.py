@@ -654,7 +654,9 @@ def lab_up(
     if as_json:
         typer.echo(json.dumps(state))
         return
-    _print_nodes(state, f"{topology} lab up ({state['redis_server'].get('redis_version')})")
+    env = state["redis_server"]
+    where = f"{env.get('redis_version')}" + (f", {env['image']}" if "image" in env else "")
+    _print_nodes(state, f"{topology} lab up ({where})")
     port = state["nodes"][0]["address"].rsplit(":", 1)[1]
     typer.echo(f"Explore it with: redis-cli {'-c ' if topology == 'cluster' else ''}-p {port}"
                "\nStop it with:    cachelab lab down")
