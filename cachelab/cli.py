@@ -186,6 +186,9 @@ def show(exercise: Annotated[str, typer.Argument(help="exercise-1, 1, or a slug"
 
 # ---------------------------------------------------------------- run
 
+Backend = Literal["local", "docker"]
+
+
 class _Common:
     """The options every ``run`` command shares."""
 
@@ -199,6 +202,10 @@ class _Common:
         ("scale", float, typer.Option(1.0, min=0.01, max=100,
                                       help="Size of the shop database (1.0: 1000 users).")),
         ("redis_server", str | None, typer.Option(None, help="redis-server binary to run.")),
+        ("backend", Backend, typer.Option("local", help="Run Redis as local processes, or "
+                                          "as Docker containers of --image.")),
+        ("image", str, typer.Option("redis:7", help="Image of --backend docker (a Valkey "
+                                    "image works too).")),
         ("results", Path | None, typer.Option(None, help="Results store file.")),
         ("no_save", bool, typer.Option(False, "--no-save", help="Do not save the run.")),
         ("debug", bool, typer.Option(False, "--debug", help="Show tracebacks.")),
@@ -214,7 +221,8 @@ class _Common:
         self.debug: bool = values["debug"]
         self.results: Path | None = values["results"]
         self.settings = LabSettings(seed=values["seed"], db_latency_ms=values["db_latency_ms"],
-                                    scale=values["scale"], redis_server=values["redis_server"])
+                                    scale=values["scale"], redis_server=values["redis_server"],
+                                    backend=values["backend"], image=values["image"])
 
     @classmethod
     def split(cls, kwargs: dict[str, Any]) -> tuple[_Common, dict[str, Any]]:
@@ -636,6 +644,9 @@ def _print_nodes(state: dict[str, Any], title: str) -> None:
 def lab_up(
     topology: Annotated[Topology, typer.Argument(help="What to start.")],
     redis_server: Annotated[str | None, typer.Option(help="redis-server binary to run.")] = None,
+    backend: Annotated[Backend, typer.Option(help="Local processes, or Docker containers "
+                                             "of --image.")] = "local",
+    image: Annotated[str, typer.Option(help="Image of --backend docker.")] = "redis:7",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Start a topology on 127.0.0.1 in the background and print its addresses.
@@ -649,11 +660,14 @@ def lab_up(
     from cachelab.fixtures import background
 
     with _reported():
-        state = background.up(topology, redis_server=redis_server)
+        state = background.up(topology, redis_server=redis_server, backend=backend,
+                              image=image)
     if as_json:
         typer.echo(json.dumps(state))
         return
-    _print_nodes(state, f"{topology} lab up ({state['redis_server'].get('redis_version')})")
+    env = state["redis_server"]
+    where = f"{env.get('redis_version')}" + (f", {env['image']}" if "image" in env else "")
+    _print_nodes(state, f"{topology} lab up ({where})")
     port = state["nodes"][0]["address"].rsplit(":", 1)[1]
     typer.echo(f"Explore it with: redis-cli {'-c ' if topology == 'cluster' else ''}-p {port}"
                "\nStop it with:    cachelab lab down")
@@ -710,15 +724,50 @@ def _docker_answers() -> str:
     return "an engine answers" if " 200 " in reply.split("\r\n", 1)[0] else f"odd reply at {path}"
 
 
+def _docker_rows(clean: bool) -> list[tuple[str, str]]:
+    """The engine, its Redis and Valkey images, and cachelab's containers (those of
+    killed runs removed with --clean)."""
+    answer = _docker_answers()
+    rows = [("docker", answer)]
+    if answer.startswith("no engine"):
+        return rows
+    from cachelab.fixtures import docker_backend
+
+    try:
+        client = docker_backend.connect(timeout_s=5)
+    except CachelabError as exc:
+        return [("docker", str(exc))]
+    try:
+        rows.append(("docker images", ", ".join(docker_backend.images(client))
+                     or "none with redis or valkey in its name (--image pulls one)"))
+        found = docker_backend.cachelab_containers(client)
+        orphans = [c for c in found if c.orphaned]
+        rows.append(("docker containers",
+                     f"{len(found) - len(orphans)} of running cachelab processes, "
+                     f"{len(orphans)} of killed ones"
+                     + (" (cachelab doctor --clean removes them)" if orphans and not clean
+                        else "")))
+        for container in orphans:
+            rows.append(("", f"{container.name} ({container.status}, run pid "
+                             f"{container.owner_pid}, folder {container.folder})"))
+        if clean and orphans:
+            removed = docker_backend.remove_containers(client, orphans)
+            rows.append(("cleaned", f"{removed} container(s) of killed runs removed"))
+    finally:
+        client.close()
+    return rows
+
+
 @app.command()
 def doctor(
     redis_server: Annotated[str | None, typer.Option(help="redis-server binary to check.")] = None,
     results: Annotated[Path | None, typer.Option(help="Results store file.")] = None,
-    clean: Annotated[bool, typer.Option("--clean", help="Stop the servers of killed runs and "
-                                        "remove their folders.")] = False,
+    clean: Annotated[bool, typer.Option("--clean", help="Stop the servers (and remove the "
+                                        "containers) of killed runs and remove their "
+                                        "folders.")] = False,
 ) -> None:
-    """Show what cachelab would run on: Python, redis-server, results store, Docker, and
-    what killed runs left behind.
+    """Show what cachelab would run on: Python, redis-server, results store, Docker (does
+    an engine answer, which Redis images it has), and what killed runs left behind.
 
     Exits 3 when no usable redis-server is found. Example: cachelab doctor --clean
     """
@@ -739,14 +788,15 @@ def doctor(
         problem = exc
         rows.append(("redis-server", "none usable"))
     rows.append(("results store", str(results or default_store_path())))
-    rows.append(("docker", _docker_answers()))
+    rows += _docker_rows(clean)  # before the folders: a container may still mount one
     from cachelab.fixtures import background
 
     up = background.status()
     rows.append(("background lab", "none" if up is None else
                  f"{up['kind']} up since {up['started_at']} (cachelab lab down stops it)"))
-    rows.append(("killed runs", "their servers die with them (parent-death signal)"
-                 if DIES_WITH_PARENT else "their servers may outlive them: see leftovers"))
+    rows.append(("killed runs", ("their servers die with them (parent-death signal)"
+                                 if DIES_WITH_PARENT else "their servers may outlive them: "
+                                 "see leftovers") + "; docker containers outlive them"))
     found = leftovers.find_leftovers()
     rows.append(("leftovers", f"{len(found)} folder(s) of killed runs, "
                  f"{sum(len(f.pids) for f in found)} server(s) still running"

@@ -5,12 +5,12 @@ from __future__ import annotations
 import random
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import redis
 
@@ -22,6 +22,7 @@ from cachelab.fixtures.topology import Cluster, ReplicaSet, SentinelGroup
 
 if TYPE_CHECKING:
     from cachelab.fixtures.api_server import ApiServer
+    from cachelab.fixtures.docker_backend import DockerBackend
     from cachelab.fixtures.shop_api import Caching
 
 T = TypeVar("T")
@@ -41,6 +42,9 @@ class LabSettings:
     db_latency_ms: float = 1.0
     scale: float = 1.0
     redis_server: str | None = None
+    #: ``local``: redis-server processes; ``docker``: containers of ``image``.
+    backend: Literal["local", "docker"] = "local"
+    image: str = "redis:7"
 
 
 class Lab:
@@ -58,6 +62,7 @@ class Lab:
         self._live = live
         self._stack = ExitStack()
         self._binary: RedisBinary | None = None
+        self._docker: DockerBackend | None = None
         self._servers: list[RedisServer] = []
         self._topologies: list[ReplicaSet | SentinelGroup | Cluster] = []
         self._workdir: Path | None = None
@@ -69,6 +74,13 @@ class Lab:
         self._stack.callback(shutil.rmtree, workdir, ignore_errors=True)
         mark(workdir)  # so that a later doctor can tell a killed run's folder
         self._workdir = workdir
+        if self.settings.backend == "docker":
+            from cachelab.fixtures.docker_backend import DockerBackend
+
+            # Entered after the folder: its sweep of this lab's containers runs before
+            # the folder they mount is removed.
+            self._docker = self._stack.enter_context(
+                DockerBackend(self.settings.image, workdir))
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -105,12 +117,19 @@ class Lab:
         """Call ``function`` when the lab ends (before what was set up earlier is torn down)."""
         self._stack.callback(function)
 
+    def new_server(self, name: str, config: dict[str, str], args: Sequence[str] = ()
+                   ) -> RedisServer:
+        """A server of this lab's backend, not started: a redis-server process, or a
+        container of ``--image`` with ``--backend docker``. Topologies make theirs here."""
+        if self._docker is not None:
+            return self._docker.server(self.workdir, name=name, config=config, args=args)
+        return RedisServer(self.binary, self.workdir, name=name, config=config, args=args)
+
     def redis_server(self, name: str = "redis", **config: str) -> RedisServer:
         """Start a redis-server (config as ``maxmemory="2mb"``) that lives as long as the lab."""
         if any(s.name == name for s in self.servers):
             raise ValueError(f"a server named {name!r} already runs in this lab")
-        server = self._stack.enter_context(
-            RedisServer(self.binary, self.workdir, name=name, config=self._config(config)))
+        server = self._stack.enter_context(self.new_server(name, self._config(config)))
         self._servers.append(server)
         return server
 
@@ -125,26 +144,27 @@ class Lab:
     def replica_set(self, replicas: int = 2, name: str = "redis", **config: str) -> ReplicaSet:
         """A primary and ``replicas`` synced replicas, all with ``config``."""
         self._unused(name)
-        return self._topology(ReplicaSet(self.binary, self.workdir, replicas=replicas,
-                                         name=name, config=self._config(config)))
+        return self._topology(ReplicaSet(None, self.workdir, replicas=replicas, name=name,
+                                         config=self._config(config), servers=self.new_server))
 
     def sentinels(self, replica_set: ReplicaSet, count: int = 3, quorum: int = 2,
                   down_after_ms: int = 1000, service: str = "mymaster",
                   failover_timeout_ms: int = 10000) -> SentinelGroup:
         """``count`` Sentinels watching ``replica_set``, aware of it and of each other."""
-        return self._topology(SentinelGroup(self.binary, self.workdir, replica_set,
+        return self._topology(SentinelGroup(None, self.workdir, replica_set,
                                             count=count, quorum=quorum, service=service,
                                             down_after_ms=down_after_ms,
-                                            failover_timeout_ms=failover_timeout_ms))
+                                            failover_timeout_ms=failover_timeout_ms,
+                                            servers=self.new_server))
 
     def cluster(self, masters: int = 3, replicas: int = 1, name: str = "cluster",
                 node_timeout_ms: int = 2000, **config: str) -> Cluster:
         """A Redis Cluster with every slot assigned and ``cluster_state:ok`` on every node."""
         self._unused(name)
-        return self._topology(Cluster(self.binary, self.workdir, masters=masters,
+        return self._topology(Cluster(None, self.workdir, masters=masters,
                                       replicas=replicas, name=name,
                                       node_timeout_ms=node_timeout_ms,
-                                      config=self._config(config)))
+                                      config=self._config(config), servers=self.new_server))
 
     def _topology(self, topology: TopologyT) -> TopologyT:
         started = self._stack.enter_context(topology)
@@ -204,8 +224,11 @@ class Lab:
 
     def environment(self) -> dict[str, Any]:
         """What the run ran on, for the result's ``environment``."""
-        env: dict[str, Any] = {"backend": "local", "shop_database": self._shops > 0}
-        if self._binary is not None:
+        env: dict[str, Any] = {"backend": self.settings.backend,
+                               "shop_database": self._shops > 0}
+        if self._docker is not None:
+            env.update(self._docker.environment())
+        elif self._binary is not None:
             env["redis_version"] = self._binary.version
             env["redis_server"] = str(self._binary.path)
             env["redis_source"] = self._binary.source

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -41,6 +42,20 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Itera
     for process in leaked:
         process.kill()
     assert not leaked, f"redis-server left running: {[p.pid for p in leaked]}"
+    containers = docker_servers_left()
+    assert not containers, f"redis containers left running: {containers}"
+
+
+def docker_servers_left() -> list[str]:
+    """Container-backed servers of this process not torn down (removed now): cheap, no
+    engine call, and nothing at all when no test used the docker backend."""
+    backend = sys.modules.get("cachelab.fixtures.docker_backend")
+    if backend is None:
+        return []
+    left = list(backend._LIVE)
+    for server in left:
+        server.kill()
+    return [repr(server) for server in left]
 
 
 @pytest.fixture(scope="session")
