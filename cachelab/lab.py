@@ -10,7 +10,7 @@ from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 import redis
 
@@ -27,6 +27,13 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 TopologyT = TypeVar("TopologyT", ReplicaSet, SentinelGroup, Cluster)
+
+
+class _Closable(Protocol):
+    def close(self) -> Any: ...
+
+
+C = TypeVar("C", bound=_Closable)
 
 #: ``progress(description, total)`` gives a context whose value advances a bar by one.
 ProgressFactory = Callable[[str, "int | None"], AbstractContextManager[Callable[[], None]]]
@@ -189,7 +196,10 @@ class Lab:
 
     def redis(self, name: str = "redis", **config: str) -> redis.Redis:
         """A client of a new redis-server, closed when the lab ends."""
-        client = self.redis_server(name, **config).client()
+        return self.closing(self.redis_server(name, **config).client())
+
+    def closing(self, client: C) -> C:
+        """``client`` (anything with ``close()``), closed when the lab ends."""
         self._stack.callback(client.close)
         return client
 

@@ -40,31 +40,6 @@ def _check_capacity(capacity: int) -> int:
     return capacity
 
 
-class LRU:
-    """Least recently used: evicts the key whose last access is oldest."""
-
-    name = "LRU"
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = _check_capacity(capacity)
-        self._keys: OrderedDict[Hashable, None] = OrderedDict()  # oldest access first
-
-    def access(self, key: Hashable) -> bool:
-        if key in self._keys:
-            self._keys.move_to_end(key)
-            return True
-        if len(self._keys) >= self.capacity:
-            self._keys.popitem(last=False)
-        self._keys[key] = None
-        return False
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._keys
-
-    def __len__(self) -> int:
-        return len(self._keys)
-
-
 class FIFO:
     """First in, first out: evicts the key inserted earliest; a hit changes nothing."""
 
@@ -72,7 +47,7 @@ class FIFO:
 
     def __init__(self, capacity: int) -> None:
         self.capacity = _check_capacity(capacity)
-        self._keys: OrderedDict[Hashable, None] = OrderedDict()  # oldest insertion first
+        self._keys: OrderedDict[Hashable, None] = OrderedDict()  # oldest first (LRU: least recent)
 
     def access(self, key: Hashable) -> bool:
         if key in self._keys:
@@ -87,6 +62,17 @@ class FIFO:
 
     def __len__(self) -> int:
         return len(self._keys)
+
+
+class LRU(FIFO):
+    """Least recently used: evicts the key whose last access is oldest."""
+
+    name = "LRU"
+
+    def access(self, key: Hashable) -> bool:
+        if key in self._keys:  # the only difference from FIFO: a hit makes a key young
+            self._keys.move_to_end(key)
+        return super().access(key)
 
 
 class LFU:

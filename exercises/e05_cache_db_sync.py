@@ -171,8 +171,7 @@ def run(
 ) -> Result:
     result = Result()
     server = lab.redis_server()
-    client = server.client()
-    lab.callback(client.close)
+    client = lab.closing(server.client())
     db = lab.shop()
 
     # Set up: the outbox, then the cache loaded from one snapshot of the database.

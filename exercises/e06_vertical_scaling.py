@@ -387,6 +387,5 @@ def read_values(client: redis.Redis, keys: list[str]) -> dict[str, str | None]:
 
 def admin(lab: Lab, server: RedisServer, *, raw: bool = False) -> redis.Redis:
     """A client for the exercise's own reads; ``raw`` ones keep DUMP payloads as bytes."""
-    client = server.client(decode_responses=not raw, socket_timeout=10)
-    lab.callback(client.close)
+    client = lab.closing(server.client(decode_responses=not raw, socket_timeout=10))
     return client

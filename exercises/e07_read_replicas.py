@@ -141,11 +141,7 @@ def run(
     topology = lab.replica_set(replicas=replicas)
     servers: list[RedisServer] = [topology.primary, *topology.replicas]
     names = [s.name for s in servers]
-    clients = []
-    for server in servers:
-        client = server.client()
-        lab.callback(client.close)
-        clients.append(client)
+    clients = [lab.closing(server.client()) for server in servers]
     primary, copies = clients[0], clients[1:]
     filler = "".join(lab.rng("filler").choices("abcdefghijklmnopqrstuvwxyz <>/", k=value_bytes))
 

@@ -203,8 +203,7 @@ def run(
 
     # Redis Cluster: the cluster client routes each key to its slot's master.
     cluster = lab.cluster(masters=shards, replicas=0, name="cluster")
-    cluster_client = cluster.client()
-    lab.callback(cluster_client.close)
+    cluster_client = lab.closing(cluster.client())
     masters = {f"{m.host}:{m.port}": m for m in cluster.masters()}
     master_clients = {address: m.client() for address, m in masters.items()}
     for client in master_clients.values():

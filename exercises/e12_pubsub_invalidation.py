@@ -288,8 +288,7 @@ def run(
 ) -> Result:
     result = Result()
     server = lab.redis_server()
-    client = server.client()
-    lab.callback(client.close)
+    client = lab.closing(server.client())
     db = lab.shop()
     profiles = db.rows("SELECT user_id AS id, bio, version FROM profiles ORDER BY user_id "
                        "LIMIT ?", [keys])

@@ -260,8 +260,7 @@ def run(
     none_api, cache_api = start_apis(lab, db, [("none", "api-none", none_redis),
                                                ("lazy", "api-lazy", cache_redis)])
     modes = [Mode("no_cache", none_api), Mode("cache", cache_api)]
-    flush = cache_redis.client()
-    lab.callback(flush.close)
+    flush = lab.closing(cache_redis.client())
     plan = plan_for(lab, db, warmup + requests, distribution=distribution, zipf_s=zipf_s,
                     report_share=report_share)
     spec = LoadSpec(concurrency=concurrency, requests=requests, warmup=warmup,

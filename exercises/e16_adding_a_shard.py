@@ -157,12 +157,7 @@ def _move_detail(name: str, moves: Movement, theory: float) -> str:
 
 
 def _clients(lab: Lab, servers: list[RedisServer]) -> dict[str, redis.Redis]:
-    clients = {}
-    for server in servers:
-        client = server.client()
-        lab.callback(client.close)
-        clients[server.name] = client
-    return clients
+    return {server.name: lab.closing(server.client()) for server in servers}
 
 
 def _asking_calls(server: RedisServer) -> int:
@@ -257,8 +252,7 @@ def _reshard(lab: Lab, cluster: Cluster, added: RedisServer, values: dict[str, s
     keys_before = {names[node.node_id]: node.client.dbsize() for node in nodes}
     asking_before = _asking_calls(added)
 
-    client = cluster.client()
-    lab.callback(client.close)
+    client = lab.closing(cluster.client())
     workload = lab.enter_context(LiveTraffic(
         client.get, client.set, values, rng=lab.rng("cluster workload"),
         write_ratio=write_ratio, rate_per_s=rate))

@@ -233,8 +233,7 @@ def sentinel_failover(lab: Lab, name: str, *, down_after_ms: int, wait_replicas:
     replica_set = _replica_set(lab, max(2, wait_replicas + 1), name)
     sentinels = lab.sentinels(replica_set, count=3, quorum=2, down_after_ms=down_after_ms,
                               service=SERVICE)
-    sentinel = sentinels.client()
-    lab.callback(sentinel.close)
+    sentinel = lab.closing(sentinels.client())
     # No retries inside redis-py: every failed write is seen and counted by the writer.
     primary = sentinel.master_for(SERVICE, socket_timeout=0.5, socket_connect_timeout=0.5,
                                   retry=Retry(NoBackoff(), 0))

@@ -210,8 +210,7 @@ def run(
 
     result = Result()
     server = lab.redis_server("redis")
-    client = server.client()
-    lab.callback(client.close)
+    client = lab.closing(server.client())
     # The limit is the subject here, not the data: a small shop starts the API sooner.
     shop_path = lab.workdir / "api-shop.db"
     size = build_shop(shop_path, scale=0.05, seed=lab.settings.seed)

@@ -247,8 +247,7 @@ def run(
     redis_server = lab.redis_server("api-redis")
     api = lab.shop_api("lazy", redis_server=redis_server, shop=db,
                        page_cache_control=policy.header())
-    cache = redis_server.client()
-    lab.callback(cache.close)
+    cache = lab.closing(redis_server.client())
 
     ids = sorted(lab.rng("crawl").sample(range(1, db.size.products + 1), n))
     changed_ids = sorted(lab.rng("changes").sample(ids, k))
