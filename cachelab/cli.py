@@ -181,6 +181,15 @@ def show(exercise: Annotated[str, typer.Argument(help="exercise-1, 1, or a slug"
     for name in info.checks:
         console.print(f"  • {name}")
     console.print(f"\nFixtures: {', '.join(info.fixtures)}")
+    if info.own_servers:
+        console.print(f"Existing deployments: no. It {info.own_servers}, so it runs only on "
+                      "servers cachelab starts.")
+    else:
+        console.print("Existing deployments: yes, with --redis-url, --sentinel HOST:PORT "
+                      "--service NAME, or --cluster-url. There it writes only keys under a "
+                      "per-run prefix (cachelab:{token}:), deletes exactly those at the end "
+                      "(never FLUSHALL), changes no server configuration, and masks "
+                      "credentials in everything it prints or saves.")
     console.print(f"Run it: cachelab run {info.id}   (options: cachelab run {info.id} --help)")
 
 
@@ -206,6 +215,19 @@ class _Common:
                                           "as Docker containers of --image.")),
         ("image", str, typer.Option("redis:7", help="Image of --backend docker (a Valkey "
                                     "image works too).")),
+        ("redis_url", str | None, typer.Option(
+            None, help="Run on an existing Redis (redis:// or rediss://) instead of servers "
+            "cachelab starts; password from the URL or CACHELAB_REDIS_PASSWORD.",
+            rich_help_panel="Existing deployment")),
+        ("sentinel", str | None, typer.Option(
+            None, metavar="HOST:PORT", help="Run on the master a Sentinel names (with "
+            "--service).", rich_help_panel="Existing deployment")),
+        ("service", str | None, typer.Option(
+            None, help="The Sentinel's name for the master, e.g. mymaster.",
+            rich_help_panel="Existing deployment")),
+        ("cluster_url", str | None, typer.Option(
+            None, help="Run on an existing Redis Cluster (any node's URL).",
+            rich_help_panel="Existing deployment")),
         ("results", Path | None, typer.Option(None, help="Results store file.")),
         ("no_save", bool, typer.Option(False, "--no-save", help="Do not save the run.")),
         ("debug", bool, typer.Option(False, "--debug", help="Show tracebacks.")),
@@ -213,6 +235,7 @@ class _Common:
     NAMES = {name for name, _, _ in PARAMS}
 
     def __init__(self, values: dict[str, Any]) -> None:
+        from cachelab.fixtures.existing import parse_target
         from cachelab.lab import LabSettings
 
         self.as_json: bool = values["as_json"]
@@ -222,7 +245,13 @@ class _Common:
         self.results: Path | None = values["results"]
         self.settings = LabSettings(seed=values["seed"], db_latency_ms=values["db_latency_ms"],
                                     scale=values["scale"], redis_server=values["redis_server"],
-                                    backend=values["backend"], image=values["image"])
+                                    backend=values["backend"], image=values["image"],
+                                    target=parse_target(values["redis_url"], values["sentinel"],
+                                                        values["service"],
+                                                        values["cluster_url"]))
+        if self.settings.target is not None and self.settings.backend != "local":
+            raise UsageError(f"{self.settings.target.flag} runs on servers that already "
+                             "exist; leave out --backend")
 
     @classmethod
     def split(cls, kwargs: dict[str, Any]) -> tuple[_Common, dict[str, Any]]:
@@ -328,7 +357,8 @@ def _exercise_command(exercise: Exercise) -> Callable[..., None]:
     """A Typer command whose options are the exercise's own plus the common ones."""
 
     def command(**kwargs: Any) -> None:
-        common, given = _Common.split(kwargs)
+        with _reported(kwargs["debug"]):
+            common, given = _Common.split(kwargs)
         _note_leftovers()
         with _reported(common.debug):
             record = _run_one(exercise, common, given)
@@ -358,13 +388,21 @@ def _run_all(**kwargs: Any) -> None:
     Goes on after a failed check, or after an exercise whose servers would not start.
     Example: cachelab run all --json
     """
-    common, _ = _Common.split(kwargs)
+    with _reported(kwargs["debug"]):
+        common, _ = _Common.split(kwargs)
     _note_leftovers()
     records: list[dict[str, Any]] = []
     headlines: list[str] = []
     code = ExitCode.OK
+    chosen = exercises()
+    target = common.settings.target
+    if target is not None:
+        skipped = [e.info.id for e in chosen if e.info.own_servers]
+        chosen = [e for e in chosen if not e.info.own_servers]
+        _err(f"On {target.display}: skipping {', '.join(skipped)}, which need servers "
+             "cachelab starts ('cachelab show N' says why).")
     with _reported(common.debug):
-        for exercise in exercises():
+        for exercise in chosen:
             try:
                 record = _run_one(exercise, common, {})
             except RedisServerNotFound:

@@ -36,6 +36,9 @@ class ExerciseInfo:
         fixtures: what it starts (``redis``, ``shop-db``, ...).
         checks: the claims it checks, by the names its Result uses.
         headline: the metric shown for it in ``run all`` summaries.
+        own_servers: why it must start its own servers (it restarts, kills or
+            reconfigures them, or needs replicas or a cluster of its own); empty when it
+            can run on an existing deployment (``--redis-url`` and friends).
     """
 
     id: str
@@ -47,6 +50,7 @@ class ExerciseInfo:
     fixtures: tuple[str, ...]
     checks: tuple[str, ...]
     headline: str
+    own_servers: str = ""
 
     @property
     def number(self) -> int:

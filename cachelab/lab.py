@@ -23,6 +23,7 @@ from cachelab.fixtures.topology import Cluster, ReplicaSet, SentinelGroup
 if TYPE_CHECKING:
     from cachelab.fixtures.api_server import ApiServer
     from cachelab.fixtures.docker_backend import DockerBackend
+    from cachelab.fixtures.existing import ExistingDeployment, Target
     from cachelab.fixtures.shop_api import Caching
 
 T = TypeVar("T")
@@ -52,6 +53,9 @@ class LabSettings:
     #: ``local``: redis-server processes; ``docker``: containers of ``image``.
     backend: Literal["local", "docker"] = "local"
     image: str = "redis:7"
+    #: An existing deployment to run on instead of servers the lab starts (see
+    #: cachelab.fixtures.existing): keys under a per-run prefix, no server changes.
+    target: Target | None = None
 
 
 class Lab:
@@ -70,6 +74,7 @@ class Lab:
         self._stack = ExitStack()
         self._binary: RedisBinary | None = None
         self._docker: DockerBackend | None = None
+        self._existing: ExistingDeployment | None = None
         self._servers: list[RedisServer] = []
         self._topologies: list[ReplicaSet | SentinelGroup | Cluster] = []
         self._workdir: Path | None = None
@@ -77,18 +82,32 @@ class Lab:
 
     def __enter__(self) -> Lab:
         self._stack.__enter__()
+        try:
+            self._open()
+        except BaseException:  # an engine or a deployment that does not answer
+            self._stack.close()
+            raise
+        return self
+
+    def _open(self) -> None:
         workdir = Path(tempfile.mkdtemp(prefix=FOLDER_PREFIX))
         self._stack.callback(shutil.rmtree, workdir, ignore_errors=True)
         mark(workdir)  # so that a later doctor can tell a killed run's folder
         self._workdir = workdir
-        if self.settings.backend == "docker":
+        if self.settings.target is not None:
+            from cachelab.fixtures.existing import ExistingDeployment
+
+            # Entered first of the fixtures, left last: the run's keys are deleted after
+            # every client and child process that could still write one has stopped.
+            self._existing = self._stack.enter_context(
+                ExistingDeployment(self.settings.target))
+        elif self.settings.backend == "docker":
             from cachelab.fixtures.docker_backend import DockerBackend
 
             # Entered after the folder: its sweep of this lab's containers runs before
             # the folder they mount is removed.
             self._docker = self._stack.enter_context(
                 DockerBackend(self.settings.image, workdir))
-        return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
@@ -128,6 +147,7 @@ class Lab:
                    ) -> RedisServer:
         """A server of this lab's backend, not started: a redis-server process, or a
         container of ``--image`` with ``--backend docker``. Topologies make theirs here."""
+        self._own_servers_only(f"start a server {name!r}")
         if self._docker is not None:
             return self._docker.server(self.workdir, name=name, config=config, args=args)
         return RedisServer(self.binary, self.workdir, name=name, config=config, args=args)
@@ -136,9 +156,29 @@ class Lab:
         """Start a redis-server (config as ``maxmemory="2mb"``) that lives as long as the lab."""
         if any(s.name == name for s in self.servers):
             raise ValueError(f"a server named {name!r} already runs in this lab")
+        if self._existing is not None:
+            if config:
+                self._own_servers_only(f"set {', '.join(sorted(config))} on {name!r}")
+            part = self._existing.part(name)
+            self._servers.append(part)
+            return part
         server = self._stack.enter_context(self.new_server(name, self._config(config)))
         self._servers.append(server)
         return server
+
+    @property
+    def existing(self) -> ExistingDeployment | None:
+        """The existing deployment this run uses instead of its own servers, if any."""
+        return self._existing
+
+    def _own_servers_only(self, what: str) -> None:
+        """Refuse, on an existing deployment, what only servers the lab owns allow."""
+        if self._existing is not None:
+            from cachelab.fixtures.existing import TargetRefused
+
+            flag = self._existing.target.flag
+            raise TargetRefused(f"this exercise would {what}, which cachelab does only on "
+                                f"servers it starts; run it without {flag}")
 
     def _unused(self, name: str) -> None:
         if any(s.name.startswith(f"{name}-") for s in self.servers):
@@ -151,6 +191,7 @@ class Lab:
     def replica_set(self, replicas: int = 2, name: str = "redis", **config: str) -> ReplicaSet:
         """A primary and ``replicas`` synced replicas, all with ``config``."""
         self._unused(name)
+        self._own_servers_only("start replicas")
         return self._topology(ReplicaSet(None, self.workdir, replicas=replicas, name=name,
                                          config=self._config(config), servers=self.new_server))
 
@@ -158,6 +199,7 @@ class Lab:
                   down_after_ms: int = 1000, service: str = "mymaster",
                   failover_timeout_ms: int = 10000) -> SentinelGroup:
         """``count`` Sentinels watching ``replica_set``, aware of it and of each other."""
+        self._own_servers_only("start Sentinels")
         return self._topology(SentinelGroup(None, self.workdir, replica_set,
                                             count=count, quorum=quorum, service=service,
                                             down_after_ms=down_after_ms,
@@ -168,6 +210,7 @@ class Lab:
                 node_timeout_ms: int = 2000, **config: str) -> Cluster:
         """A Redis Cluster with every slot assigned and ``cluster_state:ok`` on every node."""
         self._unused(name)
+        self._own_servers_only("start a cluster")
         return self._topology(Cluster(None, self.workdir, masters=masters,
                                       replicas=replicas, name=name,
                                       node_timeout_ms=node_timeout_ms,
@@ -236,7 +279,10 @@ class Lab:
         """What the run ran on, for the result's ``environment``."""
         env: dict[str, Any] = {"backend": self.settings.backend,
                                "shop_database": self._shops > 0}
-        if self._docker is not None:
+        if self._existing is not None:
+            env["backend"] = "existing"
+            env.update(self._existing.environment())
+        elif self._docker is not None:
             env.update(self._docker.environment())
         elif self._binary is not None:
             env["redis_version"] = self._binary.version

@@ -72,12 +72,19 @@ def run_exercise(exercise: Exercise, given: dict[str, Any] | None = None,
     """Run ``exercise`` with its options in a fresh Lab; every fixture is gone on return."""
     settings = settings or LabSettings()
     params = resolve_params(exercise, given or {})
+    target = settings.target
+    if target is not None and exercise.info.own_servers:
+        from cachelab.fixtures.existing import TargetRefused
+
+        raise TargetRefused(f"{exercise.info.id} {exercise.info.own_servers}, so it runs only "
+                            f"on servers cachelab starts; run it without {target.flag}")
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     start = time.perf_counter()
     with Lab(settings, progress=progress, live=live) as lab:
         result = exercise.run(lab, **params)
-        environment = {"cachelab": __version__, "python": platform.python_version(),
-                       "platform": platform.platform(terse=True), **lab.environment()}
+    # Read after the lab closed: on an existing deployment it counts the keys it deleted.
+    environment = {"cachelab": __version__, "python": platform.python_version(),
+                   "platform": platform.platform(terse=True), **lab.environment()}
     environment["db_latency_ms"] = settings.db_latency_ms
     return RunRecord(
         exercise=exercise,

@@ -74,6 +74,7 @@ INFO = ExerciseInfo(
         "sync lag from commit to cache measured for every comment",
     ),
     headline="sync_lag_p50_ms",
+    own_servers="kills and restarts its Redis server to show what the sync survives",
 )
 
 

@@ -83,6 +83,7 @@ INFO = ExerciseInfo(
         "the larger instance runs below its limit",
     ),
     headline="migration_s_replication",
+    own_servers="starts a bigger server and moves the cache onto it",
 )
 
 AT_CAPACITY = 0.9  # used_memory / maxmemory at or above this counts as full

@@ -71,6 +71,7 @@ INFO = ExerciseInfo(
         "every replica holds the primary's values",
     ),
     headline="read_balance_max_over_mean",
+    own_servers="starts a primary with replicas of its own and stops one of them",
 )
 
 BALANCE_TOLERANCE = 0.15

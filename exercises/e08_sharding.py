@@ -62,6 +62,7 @@ INFO = ExerciseInfo(
         "writes per shard from each shard's own counters match the router's",
     ),
     headline="balance_ring",
+    own_servers="starts its own shards and a Redis Cluster",
 )
 
 MAX_RING_BALANCE = 1.15

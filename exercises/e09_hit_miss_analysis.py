@@ -81,6 +81,7 @@ INFO = ExerciseInfo(
         "a swept size reaches the target hit ratio",
     ),
     headline="recommended_maxmemory_mb",
+    own_servers="sets maxmemory on servers it starts, one size after another",
 )
 
 NAMESPACE = "page"

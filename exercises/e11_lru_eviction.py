@@ -68,6 +68,7 @@ INFO = ExerciseInfo(
         "Redis's LRU and exact LRU miss ratios measured on the same trace",
     ),
     headline="hot_survival_lru",
+    own_servers="sets maxmemory and the eviction policy, which changes server configuration",
 )
 
 DEFAULT_POLICIES = ("allkeys-lru,allkeys-lfu,allkeys-random,volatile-lru,volatile-ttl,"

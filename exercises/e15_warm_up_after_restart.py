@@ -68,6 +68,7 @@ INFO = ExerciseInfo(
         "the RDB restart keeps the keys",
     ),
     headline="warm_hit_ratio_first_window",
+    own_servers="restarts its Redis server",
 )
 
 MIN_OVERLAP = 0.9

@@ -89,6 +89,7 @@ INFO = ExerciseInfo(
         "the workload read and wrote through the reshard, no wrong value, errors counted",
     ),
     headline="moved_fraction_ring",
+    own_servers="adds a shard to servers and a cluster it starts",
 )
 
 TOLERANCE = 0.05

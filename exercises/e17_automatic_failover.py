@@ -65,6 +65,7 @@ INFO = ExerciseInfo(
         "the health check promotes the most up-to-date replica and repoints the other",
     ),
     headline="failover_s",
+    own_servers="kills the primary of a Sentinel group it starts",
 )
 
 SERVICE = "mymaster"

@@ -491,12 +491,12 @@ class RateLimitMiddleware:
     def __init__(self, app: ASGIApp, *, spec: LimitSpec, redis_url: str,
                  prefix: str = "ratelimit:api",
                  exempt: tuple[str, ...] = ("/health", "/_lab/")) -> None:
-        import redis.asyncio
+        from cachelab.fixtures.existing import client_from_env
 
         self.app = app
         self.spec = spec
         self.exempt = exempt
-        self.client = redis.asyncio.Redis.from_url(redis_url)
+        self.client = client_from_env(redis_url, asyncio=True)
         self.limiter = spec.limiter(self.client, prefix=prefix)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
