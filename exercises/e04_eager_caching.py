@@ -79,6 +79,8 @@ INFO = ExerciseInfo(
         "a refused cache write is reported and never served stale",
     ),
     headline="launch_db_reads_eager",
+    own_servers="makes its Redis refuse writes (CONFIG SET maxmemory 1) to show a failed "
+                "eager write",
 )
 
 # The catalogue in one query, with the columns of ShopDatabase.PRODUCT_SQL.
