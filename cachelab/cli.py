@@ -394,7 +394,7 @@ def _run_all(**kwargs: Any) -> None:
     records: list[dict[str, Any]] = []
     headlines: list[str] = []
     code = ExitCode.OK
-    chosen = exercises()
+    chosen = list(exercises())
     target = common.settings.target
     if target is not None:
         skipped = [e.info.id for e in chosen if e.info.own_servers]

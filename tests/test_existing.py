@@ -9,6 +9,7 @@ not change, and the password must appear nowhere cachelab prints or saves.
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import subprocess
 import time
@@ -284,3 +285,76 @@ def test_cluster_keeps_a_run_in_one_slot_of_one_master() -> None:
         assert inner.environment()["keys_deleted"] == 50
         for node in cluster.servers:
             assert node.client().dbsize() == 0
+
+
+# --- TLS: rediss:// to a redis-server that speaks only TLS -----------------------------
+
+def _tls_server_or_skip(tmp_path: Path) -> tuple[Path, Path, Path]:
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed: no certificate for a TLS server")
+    ca_key, ca, key, csr, cert = (tmp_path / n for n in (
+        "ca.key", "ca.crt", "server.key", "server.csr", "server.crt"))
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=cachelab test CA", "-keyout", ca_key, "-out", ca],
+                   check=True, capture_output=True)
+    subprocess.run(["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
+                    "-keyout", key, "-out", csr], check=True, capture_output=True)
+    ext = tmp_path / "san.ext"
+    ext.write_text("subjectAltName=IP:127.0.0.1\n")
+    subprocess.run(["openssl", "x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key,
+                    "-CAcreateserial", "-days", "1", "-extfile", ext, "-out", cert],
+                   check=True, capture_output=True)
+    return ca, cert, key
+
+
+def test_rediss_reaches_a_tls_only_server(tmp_path: Path) -> None:
+    ca, cert, key = _tls_server_or_skip(tmp_path)
+    claim = claim_port()
+    port = claim.port
+    claim.release()
+    process = subprocess.Popen(
+        [str(find_redis_server().path), "--port", "0", "--tls-port", str(port),
+         "--bind", "127.0.0.1", "--tls-cert-file", str(cert), "--tls-key-file", str(key),
+         "--tls-ca-cert-file", str(ca), "--tls-auth-clients", "no", "--save", "",
+         "--requirepass", PASSWORD, "--dir", str(tmp_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"rediss://:{PASSWORD}@127.0.0.1:{port}/0?ssl_ca_certs={ca}"
+    try:
+        other = redis.Redis.from_url(url)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                other.ping()
+                break
+            except redis.ConnectionError:
+                if process.poll() is not None:
+                    out = process.stdout.read().decode() if process.stdout else ""
+                    if "TLS" in out or "tls" in out:
+                        pytest.skip(f"this redis-server has no TLS: {out.strip()[-120:]}")
+                    raise
+                assert time.monotonic() < deadline, "the TLS server did not answer"
+                time.sleep(0.05)
+        write_foreign_keys(other)
+        before = snapshot(other)
+        result = run_cli("run", "1", "--redis-url", url, "--json", "--no-save")
+        assert result.exit_code == 0, result.stdout + result.stderr
+        assert PASSWORD not in result.stdout + result.stderr
+        assert json.loads(result.stdout)["environment"]["target"].startswith("rediss://:***@")
+        assert snapshot(other) == before
+        other.close()
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_run_all_runs_what_it_can_and_names_what_it_skips(
+        deployment: Deployment, monkeypatch: pytest.MonkeyPatch) -> None:
+    import cachelab.cli
+
+    chosen = [e for e in exercises() if e.info.number in (1, 15)]
+    monkeypatch.setattr(cachelab.cli, "exercises", lambda: chosen)  # two, for time's sake
+    result = run_cli("run", "all", "--redis-url", deployment.url, "--json", "--no-save")
+    assert result.exit_code == 0, result.stderr
+    assert "skipping exercise-15" in result.stderr
+    assert [r["exercise"] for r in json.loads(result.stdout)] == ["exercise-1"]
+    assert deployment.client().dbsize() == 0
