@@ -77,7 +77,8 @@ def run(
                                        max=30)] = 1.0,
 ) -> Result:
     result = Result()
-    cache = lab.redis()
+    server = lab.redis_server()
+    cache = lab.closing(server.client())
     db = lab.shop()
     params = report_parameter_sets(distinct_queries)
     next_set = key_sampler(distinct_queries, "zipf", zipf_s=1.0, rng=lab.rng("reports"))
@@ -98,7 +99,8 @@ def run(
         executions[query_key(sql, p)] += 1
         return db.query(sql, p)
 
-    reports = QueryCache(cache, run_query, ttl_s=ttl_s)
+    # The prefix is "" on a server the lab starts, the run's own on an existing deployment.
+    reports = QueryCache(cache, run_query, ttl_s=ttl_s, namespace=f"{server.prefix}query")
     cached = LatencyHistogram()
     q0, started = db.queries, time.monotonic()
     for p in lab.track(stream, "cached reports", requests):
@@ -117,7 +119,8 @@ def run(
     _, respelled_hit = reports.rows(RESPELLED_SQL, asked[0])
     respelled_queries = db.queries - before
 
-    short = QueryCache(cache, db.query, ttl_s=expiry_ttl_s, namespace="query-short-ttl")
+    short = QueryCache(cache, db.query, ttl_s=expiry_ttl_s,
+                       namespace=f"{server.prefix}query-short-ttl")
     q0 = db.queries
     short.rows(REPORT_SQL, asked[0])
     expired_after = wait_for_expiry(cache, short.key((REPORT_SQL, asked[0])),

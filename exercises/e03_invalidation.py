@@ -74,10 +74,11 @@ class Outcome:
 
 
 def play(lab: Lab, cache: redis.Redis, db: ShopDatabase, strategy: Strategy, *,
-         operations: int, update_ratio: float, ttl_s: float) -> Outcome:
-    """Run the seeded stream against ``db`` through a cache-aside with ``strategy``."""
-    profiles = CacheAside(cache, namespace=f"user-{strategy}", loader=db.user_profile,
-                          ttl_s=ttl_s)
+         operations: int, update_ratio: float, ttl_s: float, prefix: str = "") -> Outcome:
+    """Run the seeded stream against ``db`` through a cache-aside with ``strategy``;
+    its keys start with ``prefix`` (the server's: "" on one the lab starts)."""
+    profiles = CacheAside(cache, namespace=f"{prefix}user-{strategy}",
+                          loader=db.user_profile, ttl_s=ttl_s)
     rng = lab.rng("operations")  # the same stream for both strategies
     next_user = key_sampler(db.size.users, "zipf", zipf_s=1.1, rng=lab.rng("users"))
     outcome, updated_at, awaiting_read = Outcome(), {}, set()
@@ -100,7 +101,7 @@ def play(lab: Lab, cache: redis.Redis, db: ShopDatabase, strategy: Strategy, *,
             age = time.monotonic() - updated_at.get(user_id, time.monotonic())
             outcome.max_stale_age_s = max(outcome.max_stale_age_s, age)
             if not outcome.example:
-                outcome.example = [user_id, profile["version"], truth["version"]]
+                outcome.example = [user_id, profile["version"], truth and truth["version"]]
         if user_id in awaiting_read:
             awaiting_read.discard(user_id)
             outcome.first_reads_after_update += 1
@@ -119,9 +120,11 @@ def run(
     ttl_s: Annotated[float, Opt("TTL of a cached profile, in seconds.", min=1)] = 300.0,
 ) -> Result:
     result = Result()
-    cache = lab.redis()
+    server = lab.redis_server()
+    cache = lab.closing(server.client())
     runs = {strategy: play(lab, cache, lab.shop(f"shop-{strategy}"), strategy,
-                           operations=operations, update_ratio=update_ratio, ttl_s=ttl_s)
+                           operations=operations, update_ratio=update_ratio, ttl_s=ttl_s,
+                           prefix=server.prefix)
             for strategy in ("invalidate", "ttl-only")}
     inv, ttl = runs["invalidate"], runs["ttl-only"]
 
