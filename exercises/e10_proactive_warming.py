@@ -79,7 +79,7 @@ INFO = ExerciseInfo(
     headline="warm_lead_ms",
 )
 
-STREAM = "posts"
+STREAM = "posts"  # after the server's prefix ("" on a server the lab starts)
 QUERIES_PER_LOAD = 2  # ShopDatabase.account_page: the account, then its latest posts
 
 
@@ -140,7 +140,7 @@ def save_post(db: ShopDatabase, account_id: int, title: str) -> int:
 
 def surge(client: redis.Redis, db: ShopDatabase, account_id: int,
           fetch: Callable[[int], tuple[Any, bool]], row: Row, *, readers: int, requests: int,
-          delay_ms: float, loads: Callable[[], int], title: str,
+          delay_ms: float, loads: Callable[[], int], title: str, stream: str = STREAM,
           settle: Callable[[], None] = lambda: None) -> Surge:
     """Post, announce it, and release ``readers`` threads together ``delay_ms`` later.
 
@@ -150,7 +150,7 @@ def surge(client: redis.Redis, db: ShopDatabase, account_id: int,
     expected = db.account_page(account_id)  # the truth, read before the counts start
     q0, loads0 = db.queries, loads()
     post_ns = time.monotonic_ns()
-    entry_id = str(client.xadd(STREAM, {"account_id": account_id, "post_id": post_id}))
+    entry_id = str(client.xadd(stream, {"account_id": account_id, "post_id": post_id}))
     surge_at_ns = post_ns + int(delay_ms * 1e6)
     starts, durations = [0] * requests, [0] * requests
     hits, wrong = [False] * requests, [False] * requests
@@ -178,11 +178,16 @@ def surge(client: redis.Redis, db: ShopDatabase, account_id: int,
 def steady(lab: Lab, client: redis.Redis, db: ShopDatabase, account_id: int,
            expected: dict[str, Any] | None, row: Row, *, namespace: str, beta: float,
            lock: bool, rate: int, duration_s: float, readers: int, ttl_s: float,
-           lock_ttl_ms: int) -> XFetchCache[int]:
-    """Paced reads of one entry that expires every ``ttl_s``, through XFetch."""
+           lock_ttl_ms: int, prefix: str = "") -> XFetchCache[int]:
+    """Paced reads of one entry that expires every ``ttl_s``, through XFetch.
+
+    Its keys are ``{prefix}{namespace}:...``; its random draws are seeded by ``namespace``
+    alone, so that a seed repeats them whatever the server's prefix.
+    """
     loader = PageLoader(db)
-    cache = XFetchCache(client, namespace=namespace, loader=loader, ttl_s=ttl_s, beta=beta,
-                        lock=lock, lock_ttl_ms=lock_ttl_ms, rng=lab.rng(namespace))
+    cache = XFetchCache(client, namespace=f"{prefix}{namespace}", loader=loader, ttl_s=ttl_s,
+                        beta=beta, lock=lock, lock_ttl_ms=lock_ttl_ms,
+                        rng=lab.rng(namespace))
     cache.fetch(account_id)  # the first fill happens before the traffic and is not counted
     q0, loads0, misses0 = db.queries, loader.calls, cache.stats.misses
     requests = max(1, round(rate * duration_s))
@@ -234,11 +239,17 @@ def run(
                                max=50)] = 2.0,
 ) -> Result:
     result = Result()
-    client = lab.redis()
+    server = lab.redis_server()
+    client = lab.closing(server.client())
+    # Every key and the stream live under the server's prefix: "" on a server the lab
+    # starts, the run's own on an existing deployment.
+    prefix = server.prefix
+    stream = f"{prefix}{STREAM}"
     db = lab.shop()
     celebrity = int(db.celebrity()["id"])
     surge_options: dict[str, Any] = {
-        "readers": surge_readers, "requests": surge_requests, "delay_ms": surge_delay_ms}
+        "readers": surge_readers, "requests": surge_requests, "delay_ms": surge_delay_ms,
+        "stream": stream}
     # Warm-up, not measured: one connection a reader thread, so that the first surge
     # does not pay for connecting while the later ones reuse the pool.
     run_concurrently(lambda _: client.ping(), workers=max(surge_readers, steady_readers),
@@ -247,18 +258,19 @@ def run(
     # 1. Cold: nobody warms the page, every reader that misses loads it.
     cold_loader = PageLoader(db)
     cold = Row("surge: cold")
-    cold_cache = CacheAside(client, namespace="page-cold", loader=cold_loader, ttl_s=page_ttl_s)
+    cold_cache = CacheAside(client, namespace=f"{prefix}page-cold", loader=cold_loader,
+                            ttl_s=page_ttl_s)
     surges = [surge(client, db, celebrity, cold_cache.fetch, cold,
                     loads=lambda: cold_loader.calls, title="cold open", **surge_options)]
 
     # 2. Warmed: the watcher sees the post on the stream and stores the page.
     reader_loader, warm_loader = PageLoader(db), PageLoader(db)
     warmed = Row("surge: warmed")
-    warmed_cache = CacheAside(client, namespace="page-warmed", loader=reader_loader,
+    warmed_cache = CacheAside(client, namespace=f"{prefix}page-warmed", loader=reader_loader,
                               ttl_s=page_ttl_s)
-    warmer = Warmer(client, namespace="page-warmed", loader=warm_loader, ttl_s=page_ttl_s,
-                    accounts={celebrity})
-    watcher = lab.enter_context(StreamWatcher(client, STREAM, warmer.on_entry, block_ms=100))
+    warmer = Warmer(client, namespace=f"{prefix}page-warmed", loader=warm_loader,
+                    ttl_s=page_ttl_s, accounts={celebrity})
+    watcher = lab.enter_context(StreamWatcher(client, stream, warmer.on_entry, block_ms=100))
     warm_surge = surge(client, db, celebrity, warmed_cache.fetch, warmed,
                        loads=lambda: reader_loader.calls, title="warm welcome",
                        settle=watcher.stop, **surge_options)  # joined before the counts
@@ -268,7 +280,7 @@ def run(
     # 3. Lock: a cold cache again, but only the lock's holder loads.
     lock_loader = PageLoader(db)
     locked = Row("surge: lock")
-    lock_cache = LockedCache(client, namespace="page-lock", loader=lock_loader,
+    lock_cache = LockedCache(client, namespace=f"{prefix}page-lock", loader=lock_loader,
                              ttl_s=page_ttl_s, lock_ttl_ms=lock_ttl_ms)
     surges.append(surge(client, db, celebrity, lock_cache.fetch, locked,
                         loads=lambda: lock_loader.calls, title="locked in", **surge_options))
@@ -277,7 +289,7 @@ def run(
     expected = db.account_page(celebrity)  # the truth, read before the counts start
     steady_options: dict[str, Any] = {
         "rate": steady_rate, "duration_s": steady_s, "readers": steady_readers,
-        "ttl_s": expiry_ttl_s, "lock_ttl_ms": lock_ttl_ms}
+        "ttl_s": expiry_ttl_s, "lock_ttl_ms": lock_ttl_ms, "prefix": prefix}
     unprotected = Row("steady: no guard")
     steady(lab, client, db, celebrity, expected, unprotected, namespace="steady-none", beta=0,
            lock=False, **steady_options)
@@ -394,5 +406,10 @@ def run(
                     "heavy traffic, more when a load runs slower than the last), and a "
                     "refresh that starts too late lets the misses stampede. The lock leaves "
                     "one load per expiry. Try --beta 1, the paper's default.")
+    if lab.existing is not None:
+        result.note(f"On this existing deployment every key and the stream are under "
+                    f"{prefix}. Loads, misses and the warming timeline are this run's own "
+                    "counts and clocks; latencies include the network and the deployment's "
+                    "other clients, so they differ from a local run.")
     return result
 
