@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any, NamedTuple
 
-from cachelab.caching.invalidation import BUSES, STREAM_MAXLEN, Bus
+from cachelab.caching.invalidation import BUSES, STREAM_MAXLEN, TRACKING_CHANNEL, Bus
 from cachelab.caching.service import (
     ServiceProcess,
     connection_name,
@@ -46,6 +46,7 @@ from cachelab.measure import LATENCY_COLUMNS, LatencyHistogram, key_sampler, lat
 if TYPE_CHECKING:
     import redis
 
+    from cachelab.fixtures.redis_server import RedisServer
     from cachelab.lab import Lab
 
 INFO = ExerciseInfo(
@@ -129,17 +130,22 @@ class BusOutcome:
 
 
 class Driver:
-    """The lab's side: sends updates and reads to the services and checks them with Redis."""
+    """The lab's side: sends updates and reads to the services and checks them with Redis.
 
-    def __init__(self, client: redis.Redis, fleet: list[ServiceProcess], window_s: float):
+    ``prefix`` starts every key and connection name (the server's; "" on its own server).
+    """
+
+    def __init__(self, client: redis.Redis, fleet: list[ServiceProcess], window_s: float,
+                 prefix: str = ""):
         self.client = client
         self.fleet = fleet
         self.window_s = window_s
+        self.prefix = prefix
         self._seq = itertools.count(1)
 
     def update(self, bus: Bus, writer: ServiceProcess, item: int) -> Update:
         seq = next(self._seq)
-        key = data_key(bus, item)
+        key = data_key(bus, item, self.prefix)
         reply = writer.request("update", bus=bus, key=key, seq=seq, bio=f"edited by update {seq}")
         return Update(seq, key, writer.name, int(reply["publish_ns"]))
 
@@ -151,7 +157,7 @@ class Driver:
         while pending:
             pipe = self.client.pipeline(transaction=False)
             for name in pending:
-                pipe.hget(drops_key(bus, name), update.key)
+                pipe.hget(drops_key(bus, name, self.prefix), update.key)
             for name, value in zip(pending, pipe.execute(), strict=True):
                 if value is not None and int(value) >= update.publish_ns:
                     dropped[name] = int(value)
@@ -163,7 +169,7 @@ class Driver:
 
     def read(self, bus: Bus, readers: list[ServiceProcess], items: list[int]) -> tuple[int, int]:
         """Read ``items`` from every reader at once; returns (reads, stale reads)."""
-        keys = [data_key(bus, item) for item in items]
+        keys = [data_key(bus, item, self.prefix) for item in items]
         sent = [(service, service.send("read", bus=bus, keys=keys)) for service in readers]
         replies = [service.receive(command_id) for service, command_id in sent]
         values: list[Any] = self.client.mget(keys)
@@ -173,13 +179,15 @@ class Driver:
                     for served, now in zip(reply["versions"], truth, strict=True))
         return len(readers) * len(keys), stale
 
-    def present(self, name: str) -> bool:
+    def present(self, service: str, bus: Bus) -> bool:
+        """Whether ``service``'s connection to ``bus`` is in CLIENT LIST, by its name."""
+        name = connection_name(service, bus, self.prefix)
         return any(c.get("name") == name for c in self.client.client_list())
 
     def logged(self, bus: Bus, name: str) -> list[tuple[int, str, int]]:
         """``(seq, key, drop ns)`` of every invalidation ``name`` handled on ``bus``."""
         entries = []
-        lines: list[Any] = self.client.lrange(log_key(bus, name), 0, -1)
+        lines: list[Any] = self.client.lrange(log_key(bus, name, self.prefix), 0, -1)
         for line in lines:
             seq, key, drop_ns = str(line).split()
             entries.append((int(seq), key, int(drop_ns)))
@@ -212,13 +220,12 @@ def play(lab: Lab, driver: Driver, bus: Bus, steps: list[Step], away_steps: list
         return outcome
 
     away, others = fleet[-1], fleet[:-1]
-    name = connection_name(away.name, bus)
     away.request("disconnect", bus=bus)
-    outcome.gone_while_disconnected = not driver.present(name)
+    outcome.gone_while_disconnected = not driver.present(away.name, bus)
     updates = [step_through(step, others) for step in away_steps]
     outcome.updates_while_disconnected = len(updates)
     outcome.flushed = int(away.request("connect", bus=bus)["flushed"])
-    outcome.back_after_reconnect = driver.present(name)
+    outcome.back_after_reconnect = driver.present(away.name, bus)
     changed = sorted({step.item for step in away_steps})
     if bus != "tracking":
         # A fence: once the reconnected service dropped a later update, it has handled
@@ -257,12 +264,14 @@ def seeded_steps(lab: Lab, n_keys: int, services: int, updates: int, away_update
             [step(services - 1) for _ in range(away_updates)])
 
 
-def start_fleet(lab: Lab, client: redis.Redis, port: int, services: int) -> list[ServiceProcess]:
+def start_fleet(lab: Lab, client: redis.Redis, server: RedisServer, services: int
+                ) -> list[ServiceProcess]:
     """Start the services at once (each pays Python's start-up), stopped with the lab."""
     fleet = []
     for i in range(1, services + 1):
-        service = ServiceProcess(client, name=f"svc-{i}", redis_port=port,
-                                 log_path=lab.workdir / f"svc-{i}.log")
+        service = ServiceProcess(client, name=f"svc-{i}", redis_port=server.port,
+                                 log_path=lab.workdir / f"svc-{i}.log",
+                                 key_prefix=server.prefix, env=server.child_env())
         lab.callback(service.stop)
         fleet.append(service.launch())
     lab.callback(lambda: stop_all(fleet))  # runs before the callbacks above
@@ -296,11 +305,11 @@ def run(
     pipe = client.pipeline(transaction=False)
     for bus in BUSES:
         for profile in profiles:
-            pipe.set(data_key(bus, profile["id"]), json.dumps(profile))
+            pipe.set(data_key(bus, profile["id"], server.prefix), json.dumps(profile))
     pipe.execute()
 
-    fleet = start_fleet(lab, client, server.port, services)
-    driver = Driver(client, fleet, window_s)
+    fleet = start_fleet(lab, client, server, services)
+    driver = Driver(client, fleet, window_s, server.prefix)
     steps, away_steps = seeded_steps(lab, n_keys, services, updates, disconnected_updates,
                                      reads_per_update)
     runs = {bus: play(lab, driver, bus, steps, away_steps, n_keys) for bus in BUSES}
@@ -389,4 +398,11 @@ def run(
     result.note("Tracking here uses RESP2 with REDIRECT to a subscribed connection. With RESP3 "
                 "(redis-py protocol=3) invalidations arrive as push messages on the data "
                 "connection itself, and a broken redirect is reported as tracking-redir-broken.")
+    if lab.existing is not None:
+        result.note(f"On this shared Redis every key, channel, stream and connection name "
+                    f"starts with {server.prefix!r}. The redirect connection subscribes to "
+                    f"{server.prefix}{TRACKING_CHANNEL}, not to {TRACKING_CHANNEL} itself: "
+                    "any subscription puts a RESP2 connection in pub/sub mode, and Redis "
+                    f"sends it its invalidations on {TRACKING_CHANNEL} all the same. Other "
+                    "clients' traffic adds to the propagation times.")
     return result

@@ -76,7 +76,8 @@ INFO = ExerciseInfo(
     headline="max_in_any_window_fixed",
 )
 
-PREFIX = "ratelimit"  # the direct limiters'; the API's own live under ratelimit:api
+PREFIX = "ratelimit"  # the direct limiters' (after the server's prefix); the API's own
+# live under ratelimit:api
 PLACEMENT_ATTEMPTS = 5
 
 
@@ -198,11 +199,12 @@ def run(
 ) -> Result:
     from cachelab.caching.rate_limit import (
         ALGORITHMS,
-        RESULTS_KEY,
         HammerProcess,
         LimitSpec,
+        TokenBucketLimiter,
         max_in_any_window,
         redis_clock_us,
+        results_key,
     )
     from cachelab.fixtures.api_server import ApiServer
     from cachelab.fixtures.process import stop_all
@@ -217,20 +219,23 @@ def run(
     db = ShopDatabase(shop_path, latency_ms=lab.settings.db_latency_ms, size=size)
     lab.callback(db.close)
 
+    # The API server puts its limiter's keys under {server.prefix}ratelimit:api itself.
+    prefix, results = f"{server.prefix}{PREFIX}", results_key(server.prefix)
     specs = [LimitSpec(algorithm, limit, window_s) for algorithm in ALGORITHMS]
-    limiters = [spec.limiter(client, prefix=PREFIX) for spec in specs]
+    limiters = [spec.limiter(client, prefix=prefix) for spec in specs]
     by_name = {lim.algorithm: lim for lim in limiters}
     api_spec = LimitSpec(api_algorithm, limit, window_s)
-    api_limiter = api_spec.limiter(client, prefix=f"{PREFIX}:api")  # its bound, for checks
+    api_limiter = api_spec.limiter(client, prefix=f"{prefix}:api")  # its bound, for checks
     window_us = limiters[0].window_us
 
     # Everything that takes a second to start starts now, and boots during the burst.
     api = ApiServer(server, db, caching="lazy", log_dir=lab.workdir, name="api",
                     rate_limit=str(api_spec))
     hammers = [HammerProcess(client, name=f"client-{i}", redis_port=server.port, specs=specs,
-                             prefix=PREFIX, identity="hammer", api_url=api.url,
+                             prefix=prefix, identity="hammer", api_url=api.url,
                              log_path=lab.workdir / f"client-{i}.log",
-                             max_seconds=duration_s + 120)
+                             max_seconds=duration_s + 120, key_prefix=server.prefix,
+                             env=server.child_env())
                for i in range(1, clients + 1)]
     children = [api, *hammers]
     lab.callback(lambda: stop_all(children))
@@ -238,7 +243,7 @@ def run(
         child.launch()
 
     # 1. The burst across a boundary, from this process.
-    sampler = TtlSampler(client, PREFIX)
+    sampler = TtlSampler(client, prefix)
     burst = boundary_burst(client, limiters, limit, window_us)
     sampler.sample()
 
@@ -252,10 +257,10 @@ def run(
     deadline = time.monotonic() + duration_s + 60
     while len(reports) < clients and time.monotonic() < deadline:
         sampler.sample()
-        popped = client.blpop([RESULTS_KEY], timeout=0.05)
+        popped = client.blpop([results], timeout=0.05)
         if popped:
             reports.append(json.loads(popped[1]))
-        elif all(h.returncode is not None for h in hammers) and not client.llen(RESULTS_KEY):
+        elif all(h.returncode is not None for h in hammers) and not client.llen(results):
             break  # a client died without reporting: the checks below say so
     sampler.sample()
     concurrent: dict[str, list[int]] = {a: [] for a in ALGORITHMS}
@@ -377,6 +382,7 @@ def run(
                 f"requests within {window_s:g}s: each window's count was within {limit}, "
                 "but the windows are the clock's, not the client's.")
     bucket = by_name["token_bucket"]
+    assert isinstance(bucket, TokenBucketLimiter)  # its capacity and rate, for the note
     result.note(f"The token bucket holds {bucket.capacity} tokens and gets {bucket.rate} back "
                 f"every {window_s:g}s: at most {bucket.capacity} + {bucket.rate} = {limit} in "
                 f"any window; in the burst, {tb}. A bucket holding the whole limit and "
@@ -391,6 +397,11 @@ def run(
                 "recorded by different processes line up on one time axis.")
     result.note("Try --api-algorithm fixed, or --clients 8; try --window-s 0.2 for many "
                 "windows in a short run.")
+    if lab.existing is not None:
+        result.note(f"On this shared Redis every limiter key starts with {prefix!r} (the "
+                    "API's too), and the TTL samples SCAN for that prefix only. Other "
+                    "clients' commands may delay a decision, never split one: each is "
+                    "one script.")
     return result
 
 

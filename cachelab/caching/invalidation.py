@@ -15,6 +15,9 @@ writes a key it drops its own copy and tells the others, who drop theirs:
   that connection is down, Redis drops the messages, so the rule is to flush the whole
   local cache whenever it reconnects.
 
+The channel and stream names are parameters (defaults :data:`CHANNEL`, :data:`STREAM`),
+so that a run on a shared Redis can keep them under its key prefix.
+
 Each :class:`Subscriber` runs its connection on its own thread and can really
 disconnect (close the socket) and reconnect, which is what the exercise shows.
 """
@@ -140,7 +143,8 @@ class LocalCache:
 
 
 def write_and_publish(client: redis.Redis, bus: Bus, key: str, value: str,
-                      invalidation: Invalidation) -> None:
+                      invalidation: Invalidation, *, channel: str = CHANNEL,
+                      stream: str = STREAM) -> None:
     """Write ``key`` and announce it on ``bus``, in one MULTI/EXEC: both happen or neither.
 
     With ``tracking`` and ``none`` there is nothing to announce (Redis does it, or
@@ -154,16 +158,16 @@ def write_and_publish(client: redis.Redis, bus: Bus, key: str, value: str,
     pipe = client.pipeline(transaction=True)
     pipe.set(key, value)
     if bus == "pubsub":
-        pipe.publish(CHANNEL, invalidation.to_json())
+        pipe.publish(channel, invalidation.to_json())
     else:
-        pipe.xadd(STREAM, invalidation.to_fields(),  # type: ignore[arg-type]
+        pipe.xadd(stream, invalidation.to_fields(),  # type: ignore[arg-type]
                   maxlen=STREAM_MAXLEN, approximate=True)
     pipe.execute()
 
 
-def stream_tail(client: redis.Redis) -> str:
+def stream_tail(client: redis.Redis, stream: str = STREAM) -> str:
     """The id of the stream's last entry, ``0-0`` when empty: where a new reader starts."""
-    last = client.xrevrange(STREAM, count=1)
+    last = client.xrevrange(stream, count=1)
     return str(last[0][0]) if last else "0-0"
 
 
@@ -284,14 +288,16 @@ class Subscriber:
 
 
 class PubSubSubscriber(Subscriber):
-    """Subscribes to :data:`CHANNEL` and hands every message to ``on_message``."""
+    """Subscribes to ``channel`` and hands every message to ``on_message``."""
 
     bus: Bus = "pubsub"
 
     def __init__(self, name: str, factory: ClientFactory,
-                 on_message: Callable[[Invalidation], None], **kwargs: Any) -> None:
+                 on_message: Callable[[Invalidation], None], *, channel: str = CHANNEL,
+                 **kwargs: Any) -> None:
         super().__init__(name, factory, **kwargs)
         self.on_message = on_message
+        self.channel = channel
         self._client: redis.Redis | None = None
         self._pubsub: Any = None
 
@@ -299,7 +305,7 @@ class PubSubSubscriber(Subscriber):
         self._client = self.factory(self.name)
         # Ready only once Redis confirmed the subscription: messages published earlier
         # are lost to this subscriber, by design.
-        self._pubsub = self._subscribed(self._client, CHANNEL)
+        self._pubsub = self._subscribed(self._client, self.channel)
 
     def _poll(self) -> None:
         message = self._pubsub.get_message(timeout=self.poll_s)
@@ -315,7 +321,7 @@ class PubSubSubscriber(Subscriber):
 
 
 class StreamSubscriber(Subscriber):
-    """Reads :data:`STREAM` after ``offset``, the id of the last entry it handled.
+    """Reads ``stream`` after ``offset``, the id of the last entry it handled.
 
     The offset lives on across disconnects: a reconnected reader gets every entry
     written meanwhile. It advances only after ``on_message`` returned.
@@ -325,9 +331,10 @@ class StreamSubscriber(Subscriber):
 
     def __init__(self, name: str, factory: ClientFactory,
                  on_message: Callable[[Invalidation], None], *, offset: str = "0-0",
-                 batch: int = 100, **kwargs: Any) -> None:
+                 batch: int = 100, stream: str = STREAM, **kwargs: Any) -> None:
         super().__init__(name, factory, **kwargs)
         self.on_message = on_message
+        self.stream = stream
         self.offset = offset
         self.batch = batch
         self._client: redis.Redis | None = None
@@ -338,7 +345,7 @@ class StreamSubscriber(Subscriber):
 
     def _poll(self) -> None:
         assert self._client is not None
-        reply: Any = self._client.xread({STREAM: self.offset}, count=self.batch,
+        reply: Any = self._client.xread({self.stream: self.offset}, count=self.batch,
                                         block=max(1, int(self.poll_s * 1000)))
         for _stream, entries in reply or []:
             for entry_id, fields in entries:
@@ -354,26 +361,34 @@ class StreamSubscriber(Subscriber):
 class TrackingSubscriber(Subscriber):
     """The redirect connection of server-assisted client-side caching.
 
-    It subscribes to ``__redis__:invalidate`` on a RESP2 connection of its own and
-    hands the key names Redis sends to ``on_keys`` (``None`` means "flush everything",
-    which Redis sends on FLUSHALL). :meth:`track` points a data connection's tracking at
-    it; call it after every (re)connect, and flush the local cache then, because
-    Redis discards invalidations while the redirect connection is gone.
+    It subscribes to ``channel`` (``__redis__:invalidate``) on a RESP2 connection of its
+    own and hands the key names Redis sends to ``on_keys`` (``None`` means "flush
+    everything", which Redis sends on FLUSHALL). :meth:`track` points a data
+    connection's tracking at it; call it after every (re)connect, and flush the local
+    cache then, because Redis discards invalidations while the redirect connection is
+    gone.
+
+    Redis sends a RESP2 redirect connection its invalidations as messages of
+    ``__redis__:invalidate`` whichever channel it subscribed to: the subscription only
+    puts it in pub/sub mode. A run on a shared Redis subscribes to a channel under its
+    prefix instead, and gets the same messages.
     """
 
     bus: Bus = "tracking"
 
     def __init__(self, name: str, factory: ClientFactory,
-                 on_keys: Callable[[list[str] | None], None], **kwargs: Any) -> None:
+                 on_keys: Callable[[list[str] | None], None], *,
+                 channel: str = TRACKING_CHANNEL, **kwargs: Any) -> None:
         super().__init__(name, factory, **kwargs)
         self.on_keys = on_keys
+        self.channel = channel
         self.client_id = 0
         self._client: redis.Redis | None = None
         self._pubsub: Any = None
 
     def _connect(self) -> None:
         self._client = self.factory(self.name)
-        self._pubsub = self._subscribed(self._client, TRACKING_CHANNEL)
+        self._pubsub = self._subscribed(self._client, self.channel)
         # A subscribed RESP2 connection cannot ask CLIENT ID, so another one looks it up
         # by name: the newest subscribed connection called so (ids only grow).
         lookup = self.factory(f"{self.name}-lookup")
@@ -385,7 +400,7 @@ class TrackingSubscriber(Subscriber):
 
     def _poll(self) -> None:
         message = self._pubsub.get_message(timeout=self.poll_s)
-        if message and message["type"] == "message":
+        if message and message["type"] == "message" and message["channel"] == TRACKING_CHANNEL:
             keys = message["data"]
             self.on_keys(None if keys is None else [str(k) for k in keys])
 

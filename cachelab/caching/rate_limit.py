@@ -19,7 +19,8 @@ writes it, so no key is ever left behind without one.
 :func:`parse_limit` reads a spec such as ``token_bucket:20/1s``;
 :class:`RateLimitMiddleware` limits an ASGI app per user (``X-User-Id``) or client IP.
 ``python -m cachelab.caching.rate_limit`` is a client process that hammers limiters
-(and optionally the API) for a set time and reports what it was admitted.
+(and optionally the API) for a set time and reports what it was admitted; it reaches an
+existing deployment through the environment its parent gives it, its keys prefixed.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, get_args
 from cachelab.fixtures.process import ChildProcess, stop_condition
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
     from pathlib import Path
 
     import redis
@@ -552,11 +554,17 @@ async def _answer(send: Send, status: int, body: dict[str, Any], headers: dict[s
 # ---------------------------------------------------------------- client processes
 
 
-def _client_key(name: str, what: str) -> str:
-    return f"rlclient:{name}:{what}"  # outside the limiters' prefix: these never expire
+def _client_key(name: str, what: str, key_prefix: str = "") -> str:
+    # outside the limiters' prefix: these never expire
+    return f"{key_prefix}rlclient:{name}:{what}"
 
 
 RESULTS_KEY = "rlclient:results"
+
+
+def results_key(key_prefix: str = "") -> str:
+    """Where the client processes push their reports: :data:`RESULTS_KEY`, prefixed."""
+    return f"{key_prefix}{RESULTS_KEY}"
 
 
 def redis_clock_us(client: redis.Redis) -> int:
@@ -570,7 +578,7 @@ class HammerProcess(ChildProcess):
     Between ``start_us`` and ``end_us`` on Redis's clock it hits each limiter of
     ``specs`` in turn for ``identity`` and, given ``api_url``, sends one API request as
     ``user_id`` after each round; then it pushes what it was admitted (Redis times) to
-    :data:`RESULTS_KEY` and exits.
+    :func:`results_key` and exits.
 
     Args:
         client: a client of the Redis the limiters live on.
@@ -582,33 +590,39 @@ class HammerProcess(ChildProcess):
         user_id: the ``X-User-Id`` of the API requests.
         log_path: where its output goes.
         max_seconds: it exits by itself after this long.
+        key_prefix: the server's ``prefix``, which starts its own keys (ready, go,
+            results); the child reads it from ``env``.
+        env: ``RedisServer.child_env()``: another Redis than ``redis_port``, if any.
     """
 
     def __init__(self, client: redis.Redis, *, name: str, redis_port: int,
                  specs: Sequence[LimitSpec], prefix: str, identity: str, log_path: Path,
                  api_url: str | None = None, user_id: str = "hammer",
-                 max_seconds: float = 120.0) -> None:
+                 max_seconds: float = 120.0, key_prefix: str = "",
+                 env: Mapping[str, str] | None = None) -> None:
         args = ["--name", name, "--redis-port", str(redis_port), "--prefix", prefix,
                 "--identity", identity, "--user-id", user_id, "--max-seconds", str(max_seconds),
                 *(a for spec in specs for a in ("--spec", str(spec)))]
         if api_url:
             args += ["--api-url", api_url]
         super().__init__(client, module=__name__, args=args, label=f"client {name}",
-                         ready_key=_client_key(name, "ready"), log_path=log_path)
+                         ready_key=_client_key(name, "ready", key_prefix), log_path=log_path,
+                         env=env)
         self.name = name
+        self.key_prefix = key_prefix
 
     def go(self, start_us: int, end_us: int) -> None:
-        self.client.rpush(_client_key(self.name, "go"),
+        self.client.rpush(_client_key(self.name, "go", self.key_prefix),
                           json.dumps({"start_us": start_us, "end_us": end_us}))
 
 
 def _hammer(client: redis.Redis, args: argparse.Namespace,
-            should_stop: Callable[[], bool]) -> dict[str, Any]:
+            should_stop: Callable[[], bool], key_prefix: str = "") -> dict[str, Any]:
     limiters = [parse_limit(s).limiter(client, prefix=args.prefix) for s in args.spec]
-    client.set(_client_key(args.name, "ready"), os.getpid())
+    client.set(_client_key(args.name, "ready", key_prefix), os.getpid())
     go = None
     while go is None and not should_stop():
-        go = client.blpop([_client_key(args.name, "go")], timeout=0.1)
+        go = client.blpop([_client_key(args.name, "go", key_prefix)], timeout=0.1)
     if go is None:
         return {}
     window = json.loads(go[1])
@@ -660,7 +674,7 @@ def _hit_api(session: Any, out: dict[str, Any]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """A client process: hammer limiters (and the API) when told, report, exit."""
-    import redis
+    from cachelab.fixtures.existing import child_prefix, client_from_env
 
     parser = argparse.ArgumentParser(prog="python -m cachelab.caching.rate_limit",
                                      description=main.__doc__)
@@ -676,11 +690,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     should_stop = stop_condition(args.parent_pid, args.max_seconds)
-    client = redis.Redis(host="127.0.0.1", port=args.redis_port, decode_responses=True)
+    # The parent's target, if it passed one in the environment (never on the command line).
+    client: redis.Redis = client_from_env(f"redis://127.0.0.1:{args.redis_port}",
+                                          decode_responses=True)
+    key_prefix = child_prefix()
     try:
-        report = _hammer(client, args, should_stop)
+        report = _hammer(client, args, should_stop, key_prefix)
         if report:
-            client.rpush(RESULTS_KEY, json.dumps(report))
+            client.rpush(results_key(key_prefix), json.dumps(report))
     finally:
         client.close()
     return 0

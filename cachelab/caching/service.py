@@ -7,6 +7,10 @@ commands from its list ``svc:<name>:cmd`` and answers on ``svc:<name>:replies``,
 the lab drives reads and writes and every measurement is taken by the process that
 sees it. Every invalidation it handles is recorded in Redis: the drop time (wall
 clock, the same clock the writer stamped the message with) per key, and a log line.
+
+On an existing deployment the parent passes its address in the environment
+(``RedisServer.child_env``) and every key, channel, stream and connection name below
+starts with its prefix (``key_prefix``); on a server the lab owns that prefix is "".
 """
 
 from __future__ import annotations
@@ -23,6 +27,9 @@ from typing import TYPE_CHECKING, Any
 
 from cachelab.caching.invalidation import (
     BUSES,
+    CHANNEL,
+    STREAM,
+    TRACKING_CHANNEL,
     Bus,
     Invalidation,
     LocalCache,
@@ -36,39 +43,42 @@ from cachelab.caching.invalidation import (
 from cachelab.fixtures.process import ChildProcess, stop_condition
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     import redis
 
 
-def command_key(name: str) -> str:
-    return f"svc:{name}:cmd"
+def command_key(name: str, prefix: str = "") -> str:
+    return f"{prefix}svc:{name}:cmd"
 
 
-def reply_key(name: str) -> str:
-    return f"svc:{name}:replies"
+def reply_key(name: str, prefix: str = "") -> str:
+    return f"{prefix}svc:{name}:replies"
 
 
-def ready_key(name: str) -> str:
-    return f"svc:{name}:ready"
+def ready_key(name: str, prefix: str = "") -> str:
+    return f"{prefix}svc:{name}:ready"
 
 
-def drops_key(bus: Bus, name: str) -> str:
+def drops_key(bus: Bus, name: str, prefix: str = "") -> str:
     """Hash: key -> wall-clock ns when ``name`` last dropped it on ``bus``."""
-    return f"inval:{bus}:drops:{name}"
+    return f"{prefix}inval:{bus}:drops:{name}"
 
 
-def log_key(bus: Bus, name: str) -> str:
+def log_key(bus: Bus, name: str, prefix: str = "") -> str:
     """List of ``<seq> <key> <drop ns>`` per invalidation ``name`` handled (seq -1: tracking)."""
-    return f"inval:{bus}:log:{name}"
+    return f"{prefix}inval:{bus}:log:{name}"
 
 
-def data_key(bus: Bus, item: int | str) -> str:
+def data_key(bus: Bus, item: int | str, prefix: str = "") -> str:
     """Each bus has its own copy of the data, so that its measurements stand alone."""
-    return f"{bus}:profile:{item}"
+    return f"{prefix}{bus}:profile:{item}"
 
 
-def connection_name(service: str, bus: Bus) -> str:
-    """The ``CLIENT SETNAME`` of a service's subscriber connection on ``bus``."""
-    return f"{service}-{bus}"
+def connection_name(service: str, bus: Bus, prefix: str = "") -> str:
+    """The ``CLIENT SETNAME`` of a service's subscriber connection on ``bus`` (the prefix
+    keeps it apart from other clients' connections on a shared server)."""
+    return f"{prefix}{service}-{bus}"
 
 
 class Service:
@@ -76,34 +86,41 @@ class Service:
 
     Args:
         name: the service's name, e.g. ``svc-1``.
-        port: the shared Redis on 127.0.0.1.
+        port: the shared Redis on 127.0.0.1, unless the environment names another.
+        prefix: what every key, channel and connection name of it starts with.
     """
 
-    def __init__(self, name: str, port: int) -> None:
-        import redis
+    def __init__(self, name: str, port: int, prefix: str = "") -> None:
+        from cachelab.fixtures.existing import client_from_env  # imports redis: only here
 
         self.name = name
+        self.prefix = prefix
+        self.channel, self.stream_key = f"{prefix}{CHANNEL}", f"{prefix}{STREAM}"
+        url = f"redis://127.0.0.1:{port}"
 
-        def factory(client_name: str) -> redis.Redis:
-            return redis.Redis(host="127.0.0.1", port=port, decode_responses=True,
-                               client_name=client_name, protocol=2)
+        def factory(client_name: str, **kwargs: Any) -> redis.Redis:
+            client: redis.Redis = client_from_env(
+                url, decode_responses=True, client_name=client_name, protocol=2, **kwargs)
+            return client
 
-        self.client = factory(f"{name}-main")
+        self.client = factory(f"{prefix}{name}-main")
         # Reads and writes of the tracking cache go through this one tracked connection
         # (tracking is a property of a connection, not of a client's pool).
-        self.tracked = redis.Redis(host="127.0.0.1", port=port, decode_responses=True,
-                                   client_name=f"{name}-tracked", protocol=2,
-                                   single_connection_client=True)
+        self.tracked = factory(f"{prefix}{name}-tracked", single_connection_client=True)
         self.caches: dict[Bus, LocalCache] = {bus: LocalCache() for bus in BUSES}
-        self.tracking = TrackingSubscriber(connection_name(name, "tracking"), factory,
-                                           self._on_tracking)
+        # The redirect connection gets __redis__:invalidate messages on any subscription.
+        self.tracking = TrackingSubscriber(connection_name(name, "tracking", prefix), factory,
+                                           self._on_tracking,
+                                           channel=f"{prefix}{TRACKING_CHANNEL}")
         # A new reader starts at the stream's end: older entries concern no cache of its.
-        self.stream = StreamSubscriber(connection_name(name, "stream"), factory,
+        self.stream = StreamSubscriber(connection_name(name, "stream", prefix), factory,
                                        lambda inv: self._on_message("stream", inv),
-                                       offset=stream_tail(self.client))
+                                       offset=stream_tail(self.client, self.stream_key),
+                                       stream=self.stream_key)
         self.subscribers: dict[Bus, Subscriber] = {
-            "pubsub": PubSubSubscriber(connection_name(name, "pubsub"), factory,
-                                       lambda inv: self._on_message("pubsub", inv)),
+            "pubsub": PubSubSubscriber(connection_name(name, "pubsub", prefix), factory,
+                                       lambda inv: self._on_message("pubsub", inv),
+                                       channel=self.channel),
             "stream": self.stream,
             "tracking": self.tracking,
         }
@@ -129,8 +146,8 @@ class Service:
     def _record(self, bus: Bus, key: str, seq: int) -> None:
         drop_ns = time.time_ns()
         pipe = self.client.pipeline(transaction=False)
-        pipe.hset(drops_key(bus, self.name), key, drop_ns)
-        pipe.rpush(log_key(bus, self.name), f"{seq} {key} {drop_ns}")
+        pipe.hset(drops_key(bus, self.name, self.prefix), key, drop_ns)
+        pipe.rpush(log_key(bus, self.name, self.prefix), f"{seq} {key} {drop_ns}")
         pipe.execute()
 
     def _on_message(self, bus: Bus, invalidation: Invalidation) -> None:
@@ -170,7 +187,8 @@ class Service:
         self.caches[bus].drop(key)
         publish_ns = time.time_ns()
         write_and_publish(connection, bus, key, json.dumps(value),
-                          Invalidation(key, seq, self.name, publish_ns))
+                          Invalidation(key, seq, self.name, publish_ns),
+                          channel=self.channel, stream=self.stream_key)
         return {"publish_ns": publish_ns, "version": value["version"]}
 
     def disconnect(self, bus: Bus) -> dict[str, Any]:
@@ -195,9 +213,9 @@ class Service:
 
     def serve(self, should_stop: Callable[[], bool]) -> None:
         """Answer commands until ``should_stop()``; an error is answered, not fatal."""
-        self.client.set(ready_key(self.name), os.getpid())
+        self.client.set(ready_key(self.name, self.prefix), os.getpid())
         while not should_stop():
-            popped = self.client.blpop([command_key(self.name)], timeout=0.1)
+            popped = self.client.blpop([command_key(self.name, self.prefix)], timeout=0.1)
             if not popped:
                 continue
             command = json.loads(popped[1])
@@ -205,7 +223,7 @@ class Service:
                 reply = {"id": command["id"], **self.handle(command)}
             except Exception as exc:  # the lab raises it on its side
                 reply = {"id": command["id"], "error": f"{type(exc).__name__}: {exc}"}
-            self.client.rpush(reply_key(self.name), json.dumps(reply))
+            self.client.rpush(reply_key(self.name, self.prefix), json.dumps(reply))
 
 
 class ServiceError(RuntimeError):
@@ -225,34 +243,41 @@ class ServiceProcess(ChildProcess):
         log_path: where its stdout and stderr go.
         max_seconds: it stops by itself after this long.
         reply_timeout_s: how long a command may take before it counts as lost.
+        key_prefix: the server's ``prefix``, which the child reads from ``env``.
+        env: ``RedisServer.child_env()``: another Redis than ``redis_port``, if any.
     """
 
     def __init__(self, client: redis.Redis, *, name: str, redis_port: int, log_path: Path,
                  max_seconds: float = 120.0, ready_timeout_s: float = 20.0,
-                 reply_timeout_s: float = 10.0) -> None:
+                 reply_timeout_s: float = 10.0, key_prefix: str = "",
+                 env: Mapping[str, str] | None = None) -> None:
         super().__init__(
-            client, module="cachelab.caching.service", ready_key=ready_key(name),
+            client, module="cachelab.caching.service", ready_key=ready_key(name, key_prefix),
             label=f"service {name}", log_path=log_path, ready_timeout_s=ready_timeout_s,
             args=["--name", name, "--redis-port", str(redis_port),
-                  "--max-seconds", str(max_seconds)])
+                  "--max-seconds", str(max_seconds)], env=env)
         self.name = name
+        self.key_prefix = key_prefix
         self.reply_timeout_s = reply_timeout_s
         self._ids = itertools.count(1)
 
     def launch(self) -> ServiceProcess:
-        self.client.delete(command_key(self.name), reply_key(self.name))
+        self.client.delete(command_key(self.name, self.key_prefix),
+                           reply_key(self.name, self.key_prefix))
         super().launch()
         return self
 
     def send(self, op: str, **args: Any) -> int:
         """Queue a command; returns its id for :meth:`receive`."""
         command_id = next(self._ids)
-        self.client.rpush(command_key(self.name), json.dumps({"op": op, "id": command_id, **args}))
+        self.client.rpush(command_key(self.name, self.key_prefix),
+                          json.dumps({"op": op, "id": command_id, **args}))
         return command_id
 
     def receive(self, command_id: int) -> dict[str, Any]:
         """The reply to ``command_id`` (replies come in command order)."""
-        popped = self.client.blpop([reply_key(self.name)], timeout=self.reply_timeout_s)
+        popped = self.client.blpop([reply_key(self.name, self.key_prefix)],
+                                   timeout=self.reply_timeout_s)
         if not popped:
             code = self.returncode
             state = "is not running" if code is not None else "did not answer"
@@ -279,8 +304,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--parent-pid", type=int, default=os.getppid())
     args = parser.parse_args(argv)
 
+    from cachelab.fixtures.existing import child_prefix
+
     should_stop = stop_condition(args.parent_pid, args.max_seconds)
-    service = Service(args.name, args.redis_port)
+    service = Service(args.name, args.redis_port, child_prefix())
     try:
         service.start()
         service.serve(should_stop)
