@@ -400,9 +400,7 @@ def run(
                 "connection itself, and a broken redirect is reported as tracking-redir-broken.")
     if lab.existing is not None:
         result.note(f"On this shared Redis every key, channel, stream and connection name "
-                    f"starts with {server.prefix!r}. The redirect connection subscribes to "
-                    f"{server.prefix}{TRACKING_CHANNEL}, not to {TRACKING_CHANNEL} itself: "
-                    "any subscription puts a RESP2 connection in pub/sub mode, and Redis "
-                    f"sends it its invalidations on {TRACKING_CHANNEL} all the same. Other "
-                    "clients' traffic adds to the propagation times.")
+                    f"starts with {server.prefix!r}, except {TRACKING_CHANNEL}, the channel "
+                    "Redis sends a redirect connection its invalidations on. Other clients' "
+                    "traffic adds to the propagation times.")
     return result

@@ -220,8 +220,12 @@ def test_the_guard_refuses_what_could_touch_others(deployment: Deployment) -> No
         client.eval("return redis.call('incr', KEYS[1])", 1, key)
         client.pipeline().set(f"{key}2", 2).mget(key, f"{key}2").execute()
         assert client.info("stats")["keyspace_hits"] >= 0  # reading the server is fine
+        tracking = client.pubsub()  # a redirect connection listens on Redis's own channel
+        tracking.subscribe("__redis__:invalidate")
+        tracking.close()
         refused = [
             lambda: client.get("user:1"), lambda: client.flushall(),
+            lambda: client.publish("__redis__:invalidate", "user:1"),
             lambda: client.flushdb(), lambda: client.config_set("maxmemory", "1mb"),
             lambda: client.config_resetstat(), lambda: client.keys("*"),
             lambda: client.scan(match="user:*"), lambda: client.publish("inval", "x"),

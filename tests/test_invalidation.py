@@ -191,34 +191,6 @@ def test_tracking_reports_keys_others_change_and_loses_them_while_away(
         data.close()
 
 
-def test_tracking_redirect_needs_only_pubsub_mode_not_its_channel(
-        server: RedisServer, client: redis.Redis, factory: ClientFactory) -> None:
-    """On a shared server the redirect connection subscribes under the run's prefix:
-    Redis still sends it the invalidations, on __redis__:invalidate, and nothing else
-    published on its own channel counts as one."""
-    keys: list[str] = []
-    data = redis.Redis(host="127.0.0.1", port=server.port, decode_responses=True,
-                       protocol=2, single_connection_client=True)
-    parking = f"run:{TRACKING_CHANNEL}"
-    tracker = TrackingSubscriber("svc-tracking", factory, lambda k: keys.extend(k or []),
-                                 channel=parking)
-    tracker.start()
-    try:
-        assert client.pubsub_numsub(TRACKING_CHANNEL, parking) == [(TRACKING_CHANNEL, 0),
-                                                                    (parking, 1)]
-        tracker.track(data)
-        client.set("run:a", "1")
-        assert data.get("run:a") == "1"
-        client.publish(parking, "run:not-a-key")
-        client.set("run:a", "2")
-        assert wait_until(lambda: keys == ["run:a"])
-        time.sleep(0.05)
-        assert keys == ["run:a"]
-    finally:
-        tracker.stop()
-        data.close()
-
-
 def test_services_invalidate_each_other_through_pubsub(lab: Lab, server: RedisServer,
                                                        client: redis.Redis) -> None:
     key = data_key("pubsub", 1)

@@ -361,34 +361,27 @@ class StreamSubscriber(Subscriber):
 class TrackingSubscriber(Subscriber):
     """The redirect connection of server-assisted client-side caching.
 
-    It subscribes to ``channel`` (``__redis__:invalidate``) on a RESP2 connection of its
+    It subscribes to ``__redis__:invalidate`` on a RESP2 connection of its
     own and hands the key names Redis sends to ``on_keys`` (``None`` means "flush
     everything", which Redis sends on FLUSHALL). :meth:`track` points a data
     connection's tracking at it; call it after every (re)connect, and flush the local
     cache then, because Redis discards invalidations while the redirect connection is
     gone.
-
-    Redis sends a RESP2 redirect connection its invalidations as messages of
-    ``__redis__:invalidate`` whichever channel it subscribed to: the subscription only
-    puts it in pub/sub mode. A run on a shared Redis subscribes to a channel under its
-    prefix instead, and gets the same messages.
     """
 
     bus: Bus = "tracking"
 
     def __init__(self, name: str, factory: ClientFactory,
-                 on_keys: Callable[[list[str] | None], None], *,
-                 channel: str = TRACKING_CHANNEL, **kwargs: Any) -> None:
+                 on_keys: Callable[[list[str] | None], None], **kwargs: Any) -> None:
         super().__init__(name, factory, **kwargs)
         self.on_keys = on_keys
-        self.channel = channel
         self.client_id = 0
         self._client: redis.Redis | None = None
         self._pubsub: Any = None
 
     def _connect(self) -> None:
         self._client = self.factory(self.name)
-        self._pubsub = self._subscribed(self._client, self.channel)
+        self._pubsub = self._subscribed(self._client, TRACKING_CHANNEL)
         # A subscribed RESP2 connection cannot ask CLIENT ID, so another one looks it up
         # by name: the newest subscribed connection called so (ids only grow).
         lookup = self.factory(f"{self.name}-lookup")

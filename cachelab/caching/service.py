@@ -29,7 +29,6 @@ from cachelab.caching.invalidation import (
     BUSES,
     CHANNEL,
     STREAM,
-    TRACKING_CHANNEL,
     Bus,
     Invalidation,
     LocalCache,
@@ -108,10 +107,8 @@ class Service:
         # (tracking is a property of a connection, not of a client's pool).
         self.tracked = factory(f"{prefix}{name}-tracked", single_connection_client=True)
         self.caches: dict[Bus, LocalCache] = {bus: LocalCache() for bus in BUSES}
-        # The redirect connection gets __redis__:invalidate messages on any subscription.
         self.tracking = TrackingSubscriber(connection_name(name, "tracking", prefix), factory,
-                                           self._on_tracking,
-                                           channel=f"{prefix}{TRACKING_CHANNEL}")
+                                           self._on_tracking)
         # A new reader starts at the stream's end: older entries concern no cache of its.
         self.stream = StreamSubscriber(connection_name(name, "stream", prefix), factory,
                                        lambda inv: self._on_message("stream", inv),
