@@ -203,7 +203,8 @@ def wire_log_transport(log: list[WireRecord]) -> httpx.BaseTransport:
 
 
 def page_lookups(client: redis.Redis) -> int:
-    """Page reads the API made in its Redis (PageCache.get is its only HGETALL)."""
+    """Page reads the API made in its Redis (PageCache.get is its only HGETALL), by the
+    server's own count: on a server the lab owns, nobody else sends HGETALL."""
     return command_calls(client, ("hgetall",))
 
 
@@ -266,14 +267,14 @@ def run(
         # The client cache stores a few pages now; they go stale while the recrawls go on.
         client_cache = ClientCache(lab, api, cache, client_ids, policy)
         client_cache.read_fresh()
-        _check_redis_pages(result, cache, cached)
+        _check_redis_pages(result, cache, redis_server.prefix, cached)
         _check_speed(result, cold, cached)
         recrawl = crawler.crawl("conditional recrawl", ids, conditional=True)
         _check_recrawl(result, recrawl, cold, n)
 
         before_update = {i: crawler.held[i] for i in changed_ids}
         _update_products(lab, http, db, changed_ids)
-        _check_invalidation(result, cache, changed_ids, unchanged_ids)
+        _check_invalidation(result, cache, redis_server.prefix, changed_ids, unchanged_ids)
         after = crawler.crawl("recrawl after updates", ids, conditional=True)
         fresh = _check_changed(result, after, before_update, db, k)
 
@@ -336,6 +337,10 @@ def run(
                 "why If-None-Match decides when both are sent.")
     result.note(f"Each cold page paid a database round trip ({db.describe_latency()}); try "
                 "--db-latency-ms 0, or --pages 200 --changed 50.")
+    if lab.existing is not None:
+        result.note(f"Redis is the existing deployment: pages live under {redis_server.prefix}"
+                    "api:page:, and the client-cache table's page lookups are the API's own "
+                    "count, since the shared server's HGETALL calls include other clients'.")
     return result
 
 
@@ -363,12 +368,13 @@ def _check_headers(result: Result, crawl: Crawl, policy: CachePolicy) -> None:
                  + (f"; {'; '.join(problems)}" if problems else ""))
 
 
-def _check_redis_pages(result: Result, cache: redis.Redis, crawl: Crawl) -> None:
+def _check_redis_pages(result: Result, cache: redis.Redis, prefix: str, crawl: Crawl) -> None:
     same = 0
     for f in crawl.fetches:
-        stored: dict[str, str] = cache.hgetall(_page_key(f.product_id))  # type: ignore[assignment]
+        key = _page_key(prefix, f.product_id)
+        stored: dict[str, str] = cache.hgetall(key)  # type: ignore[assignment]
         same += (stored.get("html", "").encode() == f.body and stored.get("etag") == f.etag
-                 and cache.pttl(_page_key(f.product_id)) > 0)
+                 and cache.pttl(key) > 0)
     result.check("Redis holds every crawled page as it was served", same == len(crawl.fetches),
                  f"{same}/{len(crawl.fetches)} pages read back from Redis equal the bytes and "
                  "ETag served, each with a TTL")
@@ -416,10 +422,10 @@ def _update_products(lab: Lab, http: httpx.Client, db: ShopDatabase,
         reply.raise_for_status()
 
 
-def _check_invalidation(result: Result, cache: redis.Redis, changed_ids: Sequence[int],
-                        unchanged_ids: Sequence[int]) -> None:
-    gone = sum(not cache.exists(_page_key(i)) for i in changed_ids)
-    kept = sum(bool(cache.exists(_page_key(i))) for i in unchanged_ids)
+def _check_invalidation(result: Result, cache: redis.Redis, prefix: str,
+                        changed_ids: Sequence[int], unchanged_ids: Sequence[int]) -> None:
+    gone = sum(not cache.exists(_page_key(prefix, i)) for i in changed_ids)
+    kept = sum(bool(cache.exists(_page_key(prefix, i))) for i in unchanged_ids)
     result.check("a product update removes exactly its page from Redis",
                  gone == len(changed_ids) and kept == len(unchanged_ids),
                  f"{gone}/{len(changed_ids)} changed pages gone, {kept}/{len(unchanged_ids)} "
@@ -490,7 +496,9 @@ class ClientCache:
     :meth:`read_fresh` stores them and re-reads them at once; :meth:`read_stale` waits
     until max-age has passed by their Date and reads them again. What reaches the wire
     is logged below hishel; the API's page lookups (HGETALL in its Redis) and database
-    queries are counted around every read.
+    queries are counted around every read. The lookups are Redis's own count on the
+    lab's server; on a shared deployment, where other clients send HGETALL too, they
+    are the API's own count of its page reads.
     """
 
     def __init__(self, lab: Lab, api: ApiServer, cache: redis.Redis, ids: Sequence[int],
@@ -502,6 +510,7 @@ class ClientCache:
         from hishel.httpx import CacheTransport
 
         self.api, self.cache, self.ids, self.policy = api, cache, list(ids), policy
+        self.shared = lab.existing is not None
         self.wire: list[WireRecord] = []
         self.rows: list[list[Any]] = []
         storage = hishel.SqliteStorage(connection=sqlite3.connect(":memory:",
@@ -519,14 +528,20 @@ class ClientCache:
     def _read_all(self, step: str) -> list[ClientRead]:
         reads = []
         for product_id in self.ids:
-            lookups, queries = page_lookups(self.cache), self.api.stats()["db_queries"]
+            lookups, queries = self._counts()
             sent = len(self.wire)
             reply = self.client.get(f"/products/{product_id}/page")
+            lookups_after, queries_after = self._counts()
             reads.append(ClientRead(product_id, reply, time.time(), self.wire[sent:],
-                                    page_lookups(self.cache) - lookups,
-                                    self.api.stats()["db_queries"] - queries))
+                                    lookups_after - lookups, queries_after - queries))
         self.rows.extend([step, *r.row()] for r in reads)
         return reads
+
+    def _counts(self) -> tuple[int, int]:
+        """The API's page lookups and database queries so far."""
+        stats = self.api.stats()
+        lookups = stats["page_lookups"] if self.shared else page_lookups(self.cache)
+        return int(lookups), int(stats["db_queries"])
 
     def read_fresh(self) -> None:
         self.first = self._read_all("first read")
@@ -553,7 +568,10 @@ class ClientCache:
                      bool(fresh) and hits == len(fresh),
                      f"{hits}/{len(fresh)} pages still fresh by their Date "
                      f"({len(self.again)} re-read) served by hishel with nothing on the wire, "
-                     "no page lookup in the API's Redis and no database query")
+                     "no page lookup in the API's Redis ("
+                     + ("by the API's own count: the shared server's HGETALL calls include "
+                        "other clients'" if self.shared else "by Redis's commandstats")
+                     + ") and no database query")
 
         held = {r.product_id: r for r in self.first}
         revalidated = 0
@@ -614,11 +632,12 @@ class ClientRead:
         return [self.product_id, self.reply.status_code, how, went, self.lookups, self.queries]
 
 
-def _page_key(product_id: int) -> str:
-    """Where the API's page cache keeps a product's page."""
+def _page_key(prefix: str, product_id: int) -> str:
+    """Where the API's page cache keeps a product's page (the API puts its server's
+    ``prefix`` before every key: "" on the lab's own server)."""
     from cachelab.caching.http_cache import PAGE_NAMESPACE
 
-    return f"{PAGE_NAMESPACE}:{product_id}"
+    return f"{prefix}{PAGE_NAMESPACE}:{product_id}"
 
 
 def _product(db: ShopDatabase, product_id: int) -> dict[str, Any]:
