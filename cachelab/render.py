@@ -34,7 +34,12 @@ def environment_line(record: dict[str, Any]) -> str:
     latency = params.get("db_latency_ms", 0)
     db = (f"SQLite + {fmt(latency)} ms modelled round trip per query" if latency
           else "raw SQLite (no modelled latency)")
-    parts = [redis, db, f"seed {params.get('seed')}", f"{env.get('backend', 'local')} backend"]
+    backend = f"{env.get('backend', 'local')} backend"
+    if "target" in env:  # an existing deployment: where, and the only keys it touched
+        redis = f"Redis {env.get('redis_version', '?')} at {env['target']}"
+        backend = (f"existing deployment, keys under {env.get('key_prefix', '?')} "
+                   f"({env.get('keys_deleted', '?')} deleted at the end)")
+    parts = [redis, db, f"seed {params.get('seed')}", backend]
     if not env.get("shop_database", True):  # runs saved before this was recorded: shown
         parts.remove(db)
     return " · ".join(parts)

@@ -9,15 +9,19 @@ not change, and the password must appear nowhere cachelab prints or saves.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 import redis
 from typer.testing import CliRunner
@@ -364,3 +368,31 @@ def test_run_all_runs_what_it_can_and_names_what_it_skips(
     assert "skipping exercise-15" in result.stderr
     assert [r["exercise"] for r in json.loads(result.stdout)] == ["exercise-1"]
     assert deployment.client().dbsize() == 0
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_run_still_deletes_its_keys(sig: signal.Signals, deployment: Deployment,
+                                                tmp_path: Path) -> None:
+    """A real `cachelab` process stopped mid-workload (exercise 12: service processes,
+    pub/sub, streams) exits 130, leaves no child, and its keys go with it."""
+    other = deployment.client()
+    write_foreign_keys(other)
+    before = snapshot(other)
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cachelab", "run", "12", "--redis-url", deployment.url,
+         "--no-save"], text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    deadline = time.monotonic() + 60
+    while other.dbsize() <= len(before["keys"]) and time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()
+        time.sleep(0.05)  # until the run has written keys of its own
+    children = psutil.Process(process.pid).children(recursive=True)
+    process.send_signal(sig)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert PASSWORD not in out + err
+    _, alive = psutil.wait_procs(children, timeout=5)
+    assert not alive, "a child of the run is still running"
+    assert snapshot(other) == before
+    assert not list(tmp_path.glob("cachelab-run-*"))
+    other.close()
