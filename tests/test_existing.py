@@ -396,3 +396,26 @@ def test_interrupted_run_still_deletes_its_keys(sig: signal.Signals, deployment:
     assert snapshot(other) == before
     assert not list(tmp_path.glob("cachelab-run-*"))
     other.close()
+
+
+@pytest.mark.parametrize("number, kind", [(12, "sentinel"), (19, "cluster")])
+def test_exercise_through_sentinel_or_cluster(number: int, kind: str) -> None:
+    """Child processes, pub/sub, streams and scripts, found through Sentinel or Cluster."""
+    with Lab() as lab:
+        if kind == "sentinel":
+            replicas = lab.replica_set(replicas=1, name="theirs")
+            sentinels = lab.sentinels(replicas, count=1, quorum=1, service="theirs")
+            args = ["--sentinel", f"127.0.0.1:{sentinels.servers[0].port}",
+                    "--service", "theirs"]
+            nodes = [replicas.primary]
+        else:
+            cluster = lab.cluster(masters=3, replicas=0, name="theirs")
+            nodes = cluster.servers
+            args = ["--cluster-url", f"redis://127.0.0.1:{nodes[0].port}"]
+        clients = [lab.closing(node.client()) for node in nodes]
+        result = run_cli("run", str(number), *args, "--json", "--no-save")
+        assert result.exit_code == 0, result.stdout + result.stderr
+        record = json.loads(result.stdout)
+        assert record["environment"]["target_kind"] == kind.replace("cluster", "cluster-url")
+        assert record["environment"]["keys_deleted"] > 0
+        assert all(c.dbsize() == 0 for c in clients)
