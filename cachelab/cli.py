@@ -198,6 +198,21 @@ def show(exercise: Annotated[str, typer.Argument(help="exercise-1, 1, or a slug"
 Backend = Literal["local", "docker"]
 
 
+_PANEL = "Existing deployment"
+#: The options that name an existing deployment (run and compare take them).
+_TARGET_OPTIONS: dict[str, dict[str, Any]] = {
+    "redis_url": {"help": "Run on an existing Redis (redis:// or rediss://) instead of "
+                  "servers cachelab starts; password from the URL or "
+                  "CACHELAB_REDIS_PASSWORD.", "rich_help_panel": _PANEL},
+    "sentinel": {"metavar": "HOST:PORT", "help": "Run on the master a Sentinel names "
+                 "(with --service).", "rich_help_panel": _PANEL},
+    "service": {"help": "The Sentinel's name for the master, e.g. mymaster.",
+                "rich_help_panel": _PANEL},
+    "cluster_url": {"help": "Run on an existing Redis Cluster (any node's URL).",
+                    "rich_help_panel": _PANEL},
+}
+
+
 class _Common:
     """The options every ``run`` command shares."""
 
@@ -215,19 +230,8 @@ class _Common:
                                           "as Docker containers of --image.")),
         ("image", str, typer.Option("redis:7", help="Image of --backend docker (a Valkey "
                                     "image works too).")),
-        ("redis_url", str | None, typer.Option(
-            None, help="Run on an existing Redis (redis:// or rediss://) instead of servers "
-            "cachelab starts; password from the URL or CACHELAB_REDIS_PASSWORD.",
-            rich_help_panel="Existing deployment")),
-        ("sentinel", str | None, typer.Option(
-            None, metavar="HOST:PORT", help="Run on the master a Sentinel names (with "
-            "--service).", rich_help_panel="Existing deployment")),
-        ("service", str | None, typer.Option(
-            None, help="The Sentinel's name for the master, e.g. mymaster.",
-            rich_help_panel="Existing deployment")),
-        ("cluster_url", str | None, typer.Option(
-            None, help="Run on an existing Redis Cluster (any node's URL).",
-            rich_help_panel="Existing deployment")),
+        *((name, str | None, typer.Option(None, **option))
+          for name, option in _TARGET_OPTIONS.items()),
         ("results", Path | None, typer.Option(None, help="Results store file.")),
         ("no_save", bool, typer.Option(False, "--no-save", help="Do not save the run.")),
         ("debug", bool, typer.Option(False, "--debug", help="Show tracebacks.")),
@@ -534,6 +538,10 @@ def compare(
     db_latency_ms: Annotated[float, typer.Option(min=0, max=1000, help="Modelled database "
                                                  "round trip.")] = 1.0,
     redis_server: Annotated[str | None, typer.Option(help="redis-server binary.")] = None,
+    redis_url: Annotated[str | None, typer.Option(**_TARGET_OPTIONS["redis_url"])] = None,
+    sentinel: Annotated[str | None, typer.Option(**_TARGET_OPTIONS["sentinel"])] = None,
+    service: Annotated[str | None, typer.Option(**_TARGET_OPTIONS["service"])] = None,
+    cluster_url: Annotated[str | None, typer.Option(**_TARGET_OPTIONS["cluster_url"])] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     results: ResultsOption = None,
 ) -> None:
@@ -556,12 +564,15 @@ def compare(
                 raise UsageError("--vary takes exactly one exercise")
             exercise = resolve(items[0])
             option, values = cmp.parse_vary(exercise, vary)
+            from cachelab.fixtures.existing import parse_target
             from cachelab.lab import LabSettings
             from cachelab.runner import run_exercise
 
+            target = parse_target(redis_url, sentinel, service, cluster_url)
+
             def one(given: dict[str, Any], trial: int) -> dict[str, Any]:
                 settings = LabSettings(seed=seed + trial, db_latency_ms=db_latency_ms,
-                                       redis_server=redis_server)
+                                       redis_server=redis_server, target=target)
                 record = run_exercise(exercise, given, settings).to_dict()
                 store.save(record)
                 return record

@@ -419,3 +419,20 @@ def test_exercise_through_sentinel_or_cluster(number: int, kind: str) -> None:
         assert record["environment"]["target_kind"] == kind.replace("cluster", "cluster-url")
         assert record["environment"]["keys_deleted"] > 0
         assert all(c.dbsize() == 0 for c in clients)
+
+
+def test_compare_varies_an_option_on_a_deployment(deployment: Deployment,
+                                                  tmp_path: Path) -> None:
+    other = deployment.client()
+    write_foreign_keys(other)
+    before = snapshot(other)
+    store = tmp_path / "runs.db"
+    result = run_cli("compare", "2", "--vary", "ttl_s=1,60", "--redis-url", deployment.url,
+                     "--json", "--results", str(store))
+    assert result.exit_code == 0, result.stdout + result.stderr
+    assert len(json.loads(result.stdout)["rows"]) > 0
+    assert PASSWORD not in result.stdout + result.stderr
+    assert PASSWORD.encode() not in store.read_bytes()
+    assert snapshot(other) == before
+    refused = run_cli("compare", "15", "--vary", "top_k=1,2", "--redis-url", deployment.url)
+    assert refused.exit_code == 2 and "run it without --redis-url" in refused.stderr
