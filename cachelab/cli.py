@@ -813,12 +813,19 @@ def doctor(
     results: Annotated[Path | None, typer.Option(help="Results store file.")] = None,
     clean: Annotated[bool, typer.Option("--clean", help="Stop the servers (and remove the "
                                         "containers) of killed runs and remove their "
-                                        "folders.")] = False,
+                                        "folders; on a deployment, delete their keys.")
+                     ] = False,
+    redis_url: Annotated[str | None, typer.Option(**_TARGET_OPTIONS["redis_url"])] = None,
+    sentinel: Annotated[str | None, typer.Option(**_TARGET_OPTIONS["sentinel"])] = None,
+    service: Annotated[str | None, typer.Option(**_TARGET_OPTIONS["service"])] = None,
+    cluster_url: Annotated[str | None, typer.Option(**_TARGET_OPTIONS["cluster_url"])] = None,
 ) -> None:
     """Show what cachelab would run on: Python, redis-server, results store, Docker (does
-    an engine answer, which Redis images it has), and what killed runs left behind.
+    an engine answer, which Redis images it has), and what killed runs left behind; given
+    an existing deployment, whether it answers and which runs' keys it holds.
 
-    Exits 3 when no usable redis-server is found. Example: cachelab doctor --clean
+    Exits 3 when no usable redis-server is found, or the deployment does not answer.
+    Examples: cachelab doctor --clean; cachelab doctor --redis-url redis://host:6379 --clean
     """
     import platform
 
@@ -857,12 +864,39 @@ def doctor(
             leftovers.clean(leftover)
     if clean and found:
         rows.append(("cleaned", f"{len(found)} folder(s) removed"))
+    if redis_url or sentinel or service or cluster_url:
+        try:
+            rows += _deployment_rows(redis_url, sentinel, service, cluster_url, clean)
+        except CachelabError as exc:
+            problem = problem or exc
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
         typer.echo(f"{name:<{width}}  {value}")
     if problem is not None:
         _err(f"Error: {problem}")
         raise typer.Exit(problem.exit_code)
+
+
+def _deployment_rows(redis_url: str | None, sentinel: str | None, service: str | None,
+                     cluster_url: str | None, clean: bool) -> list[tuple[str, str]]:
+    """An existing deployment: does it answer, and the keys cachelab runs have there
+    (a killed run cannot delete its own; --clean deletes those, and only those)."""
+    from cachelab.fixtures.existing import parse_target, remove, survey
+
+    target = parse_target(redis_url, sentinel, service, cluster_url)
+    assert target is not None
+    version, runs = survey(target)
+    orphans = [run for run in runs if run.orphaned]
+    rows = [("deployment", f"Redis {version} at {target.display}"),
+            ("runs' keys", f"{len(runs)} run(s), {sum(r.keys for r in runs)} key(s); "
+             f"{len(orphans)} run(s) killed"
+             + (" (cachelab doctor --clean deletes their keys)" if orphans and not clean
+                else ""))]
+    rows += [("", run.describe()) for run in runs]
+    if clean and orphans:
+        deleted = sum(remove(target, run) for run in orphans)
+        rows.append(("cleaned", f"{deleted} key(s) of {len(orphans)} killed run(s) deleted"))
+    return rows
 
 
 def _terminate(signum: int, frame: Any) -> None:

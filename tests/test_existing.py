@@ -243,7 +243,7 @@ def test_the_guard_refuses_what_could_touch_others(deployment: Deployment) -> No
             with pytest.raises(TargetRefused):
                 attempt()
         client.close()
-    assert existing.deleted == 2
+    assert existing.deleted == 3  # and the run's owner record
     assert snapshot(other) == before
 
 
@@ -275,7 +275,7 @@ def test_sentinel_resolves_the_master_and_leaves_nothing() -> None:
             client.set(f"{server.prefix}x", 1)
             assert primary.get(f"{server.prefix}x") == "1"
         assert primary.keys("*") == ["user:1"]
-        assert inner.environment()["keys_deleted"] == 1
+        assert inner.environment()["keys_deleted"] == 2  # x and the owner record
 
 
 def test_cluster_keeps_a_run_in_one_slot_of_one_master() -> None:
@@ -290,7 +290,7 @@ def test_cluster_keeps_a_run_in_one_slot_of_one_master() -> None:
             client.mset(dict.fromkeys(keys, 1))  # one slot: a multi-key command works
             slots = {client.execute_command("CLUSTER KEYSLOT", k) for k in keys}
             assert len(slots) == 1
-        assert inner.environment()["keys_deleted"] == 50
+        assert inner.environment()["keys_deleted"] == 51  # and the owner record
         for node in cluster.servers:
             assert node.client().dbsize() == 0
 
@@ -436,3 +436,40 @@ def test_compare_varies_an_option_on_a_deployment(deployment: Deployment,
     assert snapshot(other) == before
     refused = run_cli("compare", "15", "--vary", "top_k=1,2", "--redis-url", deployment.url)
     assert refused.exit_code == 2 and "run it without --redis-url" in refused.stderr
+
+
+def test_doctor_finds_a_killed_runs_keys_and_deletes_only_those(
+        deployment: Deployment, tmp_path: Path) -> None:
+    """kill -9 leaves a run no chance to delete its keys: doctor finds them by the run's
+    owner record (its pid is gone), and --clean deletes them; a running run's stay."""
+    other = deployment.client()
+    write_foreign_keys(other)
+    before = snapshot(other)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cachelab", "run", "13", "--redis-url", deployment.url,
+         "--no-save"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env={**os.environ, "TMPDIR": str(tmp_path)})
+    deadline = time.monotonic() + 60
+    while other.dbsize() <= len(before["keys"]) + 5 and time.monotonic() < deadline:
+        assert process.poll() is None
+        time.sleep(0.05)
+    process.kill()
+    process.wait()
+    target = parse_target(redis_url=deployment.url)
+    assert target is not None
+    with ExistingDeployment(target) as live:  # a run in progress, in this very process
+        live.part("redis").client().set(f"{live.prefix}redis:k", 1)
+
+        report = run_cli("doctor", "--redis-url", deployment.url)
+        assert PASSWORD not in report.stdout
+        assert "2 run(s) killed" in report.stdout  # the SIGKILLed one and the unowned
+        assert f"{live.prefix}  2 key(s)" in report.stdout and ": running" in report.stdout
+        assert "cachelab:{0badc0de}:  1 key(s), no owner record: unowned" in report.stdout
+
+        cleaned = run_cli("doctor", "--redis-url", deployment.url, "--clean")
+        assert "of 2 killed run(s) deleted" in cleaned.stdout, cleaned.stdout
+        left = snapshot(other)
+        assert {k for k in left["keys"] if k.startswith(live.prefix.encode())} == {
+            f"{live.prefix}owner".encode(), f"{live.prefix}redis:k".encode()}
+    expected = {k: v for k, v in before["keys"].items() if not k.startswith(b"cachelab:{0bad")}
+    assert snapshot(other)["keys"] == expected
