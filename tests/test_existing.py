@@ -238,6 +238,7 @@ def test_the_guard_refuses_what_could_touch_others(deployment: Deployment) -> No
             lambda: client.execute_command("SELECT", "3"), lambda: client.move(key, 3),
             lambda: client.client_kill_filter(_type="normal"),
             lambda: client.execute_command("DEBUG", "SLEEP", "0"),
+            lambda: client.sort(key, by="user:*"), lambda: client.bgsave(),
         ]
         for attempt in refused:
             with pytest.raises(TargetRefused):
