@@ -405,11 +405,13 @@ def _run_all(**kwargs: Any) -> None:
         chosen = [e for e in chosen if not e.info.own_servers]
         _err(f"On {target.display}: skipping {', '.join(skipped)}, which need servers "
              "cachelab starts ('cachelab show N' says why).")
+    from cachelab.fixtures.existing import DeploymentUnreachable
+
     with _reported(common.debug):
         for exercise in chosen:
             try:
                 record = _run_one(exercise, common, {})
-            except RedisServerNotFound:
+            except (RedisServerNotFound, DeploymentUnreachable):
                 raise  # nothing else could run either
             except CachelabError as exc:
                 _err(f"Error: {exercise.info.id}: {exc}")

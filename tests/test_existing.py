@@ -474,3 +474,14 @@ def test_doctor_finds_a_killed_runs_keys_and_deletes_only_those(
             f"{live.prefix}owner".encode(), f"{live.prefix}redis:k".encode()}
     expected = {k: v for k, v in before["keys"].items() if not k.startswith(b"cachelab:{0bad")}
     assert snapshot(other)["keys"] == expected
+
+
+def test_run_all_stops_at_once_when_the_deployment_does_not_answer() -> None:
+    claim = claim_port()  # a port nothing listens on
+    port = claim.port
+    claim.release()
+    result = run_cli("run", "all", "--redis-url", f"redis://127.0.0.1:{port}", "--no-save")
+    assert result.exit_code == 3
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert errors == [f"Error: cannot reach redis://127.0.0.1:{port} (Error 111 connecting to "
+                      f"127.0.0.1:{port}. Connection refused.); check --redis-url"]
