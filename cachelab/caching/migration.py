@@ -25,9 +25,9 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from cachelab.caching.worker import StartedWith
 from cachelab.fixtures.topology import info, replica_synced, wait_until
 
 if TYPE_CHECKING:
@@ -537,7 +537,7 @@ class _Worker:
             self.close()
 
 
-class LiveWorkload:
+class LiveWorkload(StartedWith):
     """Application threads reading and writing through the address in ``config_path``.
 
     Each worker owns the keys ``namespace:<id>`` with ``id % clients == index``, so it
@@ -666,17 +666,6 @@ class LiveWorkload:
         error, self.error = self.error, None
         if error is not None:
             raise error
-
-    def __enter__(self) -> LiveWorkload:
-        return self.start()
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        try:
-            self.stop()
-        except Exception:
-            if exc is None:
-                raise
 
     # Totals over workers. Plain int reads, safe while running; exact once stopped.
     def total(self, name: str) -> int:

@@ -11,10 +11,33 @@ import threading
 from types import TracebackType
 from typing import TypeVar
 
+S = TypeVar("S", bound="StartedWith")
 W = TypeVar("W", bound="BackgroundWorker")
 
 
-class BackgroundWorker:
+class StartedWith:
+    """``with x:`` is ``x.start()`` then ``x.stop()``; an error of ``stop`` is raised only
+    when no other exception is already on its way out, so it never hides the first."""
+
+    def start(self: S) -> S:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self: S) -> S:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        try:
+            self.stop()
+        except Exception:
+            if exc is None:
+                raise
+
+
+class BackgroundWorker(StartedWith):
     """Runs :meth:`_work` in one daemon thread from :meth:`start` until :meth:`stop`.
 
     Subclasses loop while ``not self.stopping`` (or sleep with ``self._stop.wait``),
@@ -77,13 +100,3 @@ class BackgroundWorker:
         if error is not None:
             raise error
 
-    def __enter__(self: W) -> W:
-        return self.start()
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        try:
-            self.stop()
-        except Exception:
-            if exc is None:  # do not hide the exception already on its way out
-                raise
