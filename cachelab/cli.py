@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import sys
+import threading
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -901,11 +902,24 @@ def _deployment_rows(redis_url: str | None, sentinel: str | None, service: str |
     return rows
 
 
-def _terminate(signum: int, frame: Any) -> None:
+def _interrupt(signum: int, frame: Any) -> None:
+    """Ctrl-C and SIGTERM raise KeyboardInterrupt, so the lab tears down; but not where
+    Python mishandles it, so the signal comes again a moment later instead:
+    - inside a finalizer (a dropped redis-py pool's ``__del__``), Python prints it,
+      swallows it, and the run goes on to exit 0;
+    - inside an import, the run tears down but the process then ends killed by SIGINT
+      (-2), not with exit code 130."""
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name == "__del__" or code.co_filename.startswith("<frozen importlib"):
+            threading.Timer(0.01, os.kill, (os.getpid(), signum)).start()
+            return
+        frame = frame.f_back
     raise KeyboardInterrupt
 
 
 def main() -> None:
     """Console-script entry point: SIGTERM tears down like Ctrl-C does."""
-    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
     app()

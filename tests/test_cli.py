@@ -275,3 +275,26 @@ def test_every_exercise_rejects_a_bad_option_value(exercise: Exercise) -> None:
     assert result.exit_code == 2
     assert result.stderr.startswith(f"Error: Invalid value for '{numeric.flag}'")
     assert result.stdout == ""
+
+
+def test_an_interrupt_inside_a_finalizer_comes_again_once_it_returned() -> None:
+    """Python prints and swallows a KeyboardInterrupt raised in a ``__del__`` (a dropped
+    redis-py pool's), and the run would go on: the handler sends the signal again."""
+    from cachelab.cli import _interrupt
+
+    seen: list[int] = []
+    previous = signal.signal(signal.SIGUSR1, lambda signum, frame: seen.append(signum))
+    try:
+        class Dropped:
+            def __del__(self) -> None:
+                _interrupt(signal.SIGUSR1, sys._getframe())  # must not raise in here
+
+        Dropped()
+        deadline = time.monotonic() + 5
+        while not seen and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert seen == [signal.SIGUSR1]
+        with pytest.raises(KeyboardInterrupt):  # anywhere else it interrupts at once
+            _interrupt(signal.SIGINT, sys._getframe())
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
