@@ -240,7 +240,7 @@ class _Common:
     NAMES = {name for name, _, _ in PARAMS}
 
     def __init__(self, values: dict[str, Any]) -> None:
-        from cachelab.fixtures.existing import parse_target
+        from cachelab.deployment.target import parse_target
         from cachelab.lab import LabSettings
 
         self.as_json: bool = values["as_json"]
@@ -339,7 +339,7 @@ def _print(common: _Common, record: dict[str, Any]) -> None:
 
 def _note_leftovers() -> None:
     """Say so when killed runs left folders behind (on Linux their servers died with them)."""
-    from cachelab.fixtures.leftovers import find_leftovers
+    from cachelab.servers.leftovers import find_leftovers
 
     found = find_leftovers()
     if found:
@@ -406,7 +406,7 @@ def _run_all(**kwargs: Any) -> None:
         chosen = [e for e in chosen if not e.info.own_servers]
         _err(f"On {target.display}: skipping {', '.join(skipped)}, which need servers "
              "cachelab starts ('cachelab show N' says why).")
-    from cachelab.fixtures.existing import DeploymentUnreachable
+    from cachelab.deployment.target import DeploymentUnreachable
 
     with _reported(common.debug):
         for exercise in chosen:
@@ -567,7 +567,7 @@ def compare(
                 raise UsageError("--vary takes exactly one exercise")
             exercise = resolve(items[0])
             option, values = cmp.parse_vary(exercise, vary)
-            from cachelab.fixtures.existing import parse_target
+            from cachelab.deployment.target import parse_target
             from cachelab.lab import LabSettings
             from cachelab.runner import run_exercise
 
@@ -665,8 +665,8 @@ def serve(
 
     Example: cachelab serve --caching eager --rate-limit token_bucket:20/1s
     """
-    from cachelab.fixtures.api_server import serve as run_server
     from cachelab.lab import Lab, LabSettings
+    from cachelab.shop.server import serve as run_server
 
     settings = LabSettings(seed=seed, db_latency_ms=db_latency_ms, scale=scale,
                            redis_server=redis_server)
@@ -709,7 +709,7 @@ def lab_up(
 
     Example: cachelab lab up cluster, then redis-cli -c -p PORT
     """
-    from cachelab.fixtures import background
+    from cachelab.children import background
 
     with _reported():
         state = background.up(topology, redis_server=redis_server, backend=backend,
@@ -729,7 +729,7 @@ def lab_up(
 def lab_status(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False
                ) -> None:
     """Show the background lab: each server's address, role now, and whether it answers."""
-    from cachelab.fixtures import background
+    from cachelab.children import background
 
     with _reported():
         state = background.status()
@@ -744,7 +744,7 @@ def lab_status(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.
 @lab_app.command("down")
 def lab_down() -> None:
     """Stop every server of the background lab and remove its folder."""
-    from cachelab.fixtures import background
+    from cachelab.children import background
 
     with _reported():
         state = background.down()
@@ -783,7 +783,7 @@ def _docker_rows(clean: bool) -> list[tuple[str, str]]:
     rows = [("docker", answer)]
     if answer.startswith("no engine"):
         return rows
-    from cachelab.fixtures import docker_backend
+    from cachelab.servers import docker_backend
 
     try:
         client = docker_backend.connect(timeout_s=5)
@@ -832,9 +832,9 @@ def doctor(
     """
     import platform
 
-    from cachelab.fixtures import leftovers
-    from cachelab.fixtures.redis_binary import find_redis_server
-    from cachelab.fixtures.spawn import DIES_WITH_PARENT
+    from cachelab.servers import leftovers
+    from cachelab.servers.redis_binary import find_redis_server
+    from cachelab.servers.spawn import DIES_WITH_PARENT
     from cachelab.store import default_store_path
 
     rows = [("cachelab", __version__),
@@ -848,7 +848,7 @@ def doctor(
         rows.append(("redis-server", "none usable"))
     rows.append(("results store", str(results or default_store_path())))
     rows += _docker_rows(clean)  # before the folders: a container may still mount one
-    from cachelab.fixtures import background
+    from cachelab.children import background
 
     up = background.status()
     rows.append(("background lab", "none" if up is None else
@@ -884,7 +884,8 @@ def _deployment_rows(redis_url: str | None, sentinel: str | None, service: str |
                      cluster_url: str | None, clean: bool) -> list[tuple[str, str]]:
     """An existing deployment: does it answer, and the keys cachelab runs have there
     (a killed run cannot delete its own; --clean deletes those, and only those)."""
-    from cachelab.fixtures.existing import parse_target, remove, survey
+    from cachelab.deployment.survey import remove, survey
+    from cachelab.deployment.target import parse_target
 
     target = parse_target(redis_url, sentinel, service, cluster_url)
     assert target is not None

@@ -14,17 +14,18 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 import redis
 
-from cachelab.fixtures.leftovers import FOLDER_PREFIX, mark
-from cachelab.fixtures.redis_binary import RedisBinary, find_redis_server
-from cachelab.fixtures.redis_server import RedisServer
-from cachelab.fixtures.shop import ShopDatabase, build_shop
-from cachelab.fixtures.topology import Cluster, ReplicaSet, SentinelGroup
+from cachelab.servers.leftovers import FOLDER_PREFIX, mark
+from cachelab.servers.redis_binary import RedisBinary, find_redis_server
+from cachelab.servers.redis_server import RedisServer
+from cachelab.servers.topology import Cluster, ReplicaSet, SentinelGroup
+from cachelab.shop.database import ShopDatabase, build_shop
 
 if TYPE_CHECKING:
-    from cachelab.fixtures.api_server import ApiServer
-    from cachelab.fixtures.docker_backend import DockerBackend
-    from cachelab.fixtures.existing import ExistingDeployment, Target
-    from cachelab.fixtures.shop_api import Caching
+    from cachelab.deployment.deployment import ExistingDeployment
+    from cachelab.deployment.target import Target
+    from cachelab.servers.docker_backend import DockerBackend
+    from cachelab.shop.app import Caching
+    from cachelab.shop.server import ApiServer
 
 T = TypeVar("T")
 TopologyT = TypeVar("TopologyT", ReplicaSet, SentinelGroup, Cluster)
@@ -54,7 +55,7 @@ class LabSettings:
     backend: Literal["local", "docker"] = "local"
     image: str = "redis:7"
     #: An existing deployment to run on instead of servers the lab starts (see
-    #: cachelab.fixtures.existing): keys under a per-run prefix, no server changes.
+    #: cachelab.deployment.deployment): keys under a per-run prefix, no server changes.
     target: Target | None = None
 
 
@@ -95,14 +96,14 @@ class Lab:
         mark(workdir)  # so that a later doctor can tell a killed run's folder
         self._workdir = workdir
         if self.settings.target is not None:
-            from cachelab.fixtures.existing import ExistingDeployment
+            from cachelab.deployment.deployment import ExistingDeployment
 
             # Entered first of the fixtures, left last: the run's keys are deleted after
             # every client and child process that could still write one has stopped.
             self._existing = self._stack.enter_context(
                 ExistingDeployment(self.settings.target))
         elif self.settings.backend == "docker":
-            from cachelab.fixtures.docker_backend import DockerBackend
+            from cachelab.servers.docker_backend import DockerBackend
 
             # Entered after the folder: its sweep of this lab's containers runs before
             # the folder they mount is removed.
@@ -130,6 +131,15 @@ class Lab:
     def servers(self) -> list[RedisServer]:
         """Every server this lab started, topologies' members (and added nodes) included."""
         return [*self._servers, *(s for t in self._topologies for s in t.servers)]
+
+    def kept_file(self, *parts: str) -> Path:
+        """A path in cachelab's data folder (beside the results store) for a file that
+        outlives the run, such as an access log; its folder is made, the file is not."""
+        from cachelab.store import default_store_path
+
+        path = default_store_path().parent.joinpath(*parts)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
 
     def rng(self, purpose: str) -> random.Random:
         """A random source seeded from the run's seed and a purpose, so streams differ."""
@@ -174,7 +184,7 @@ class Lab:
     def _own_servers_only(self, what: str) -> None:
         """Refuse, on an existing deployment, what only servers the lab owns allow."""
         if self._existing is not None:
-            from cachelab.fixtures.existing import TargetRefused
+            from cachelab.deployment.target import TargetRefused
 
             flag = self._existing.target.flag
             raise TargetRefused(f"this exercise would {what}, which cachelab does only on "
@@ -228,7 +238,7 @@ class Lab:
         """The shop API over HTTP, in its own process, with its own Redis and database
         unless given; ready when it returns, stopped when the lab ends. ``rate_limit``
         limits it per user or IP, e.g. ``token_bucket:20/1s``."""
-        from cachelab.fixtures.api_server import ApiServer
+        from cachelab.shop.server import ApiServer
 
         server = ApiServer(redis_server or self.redis_server(f"{name}-redis"),
                            shop or self.shop(f"{name}-shop"), caching=caching,

@@ -74,7 +74,7 @@ def run_exercise(exercise: Exercise, given: dict[str, Any] | None = None,
     params = resolve_params(exercise, given or {})
     target = settings.target
     if target is not None and exercise.info.own_servers:
-        from cachelab.fixtures.existing import TargetRefused
+        from cachelab.deployment.target import TargetRefused
 
         raise TargetRefused(f"{exercise.info.id} {exercise.info.own_servers}, so it runs only "
                             f"on servers cachelab starts; run it without {target.flag}")

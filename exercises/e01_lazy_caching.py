@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 
 from cachelab.caching import CacheAside
 from cachelab.exercise import ExerciseInfo, Opt, Result
-from cachelab.measure import (
+from cachelab.workload.measure import (
     LATENCY_COLUMNS,
     LatencyHistogram,
     counter_delta,

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from cachelab.caching import QueryCache, query_key
 from cachelab.exercise import ExerciseInfo, Opt, Result
-from cachelab.fixtures.shop import REPORT_SQL, report_parameter_sets
-from cachelab.measure import (
+from cachelab.shop.database import REPORT_SQL, report_parameter_sets
+from cachelab.workload.measure import (
     LATENCY_COLUMNS,
     LatencyHistogram,
     key_sampler,

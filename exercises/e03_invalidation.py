@@ -20,13 +20,13 @@ from typing import TYPE_CHECKING, Annotated, Literal
 
 from cachelab.caching import CacheAside
 from cachelab.exercise import ExerciseInfo, Opt, Result
-from cachelab.measure import key_sampler
+from cachelab.workload.measure import key_sampler
 
 if TYPE_CHECKING:
     import redis
 
-    from cachelab.fixtures.shop import ShopDatabase
     from cachelab.lab import Lab
+    from cachelab.shop.database import ShopDatabase
 
 INFO = ExerciseInfo(
     id="exercise-3",

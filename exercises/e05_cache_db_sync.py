@@ -28,14 +28,15 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Annotated, Any
 
-from cachelab.caching.outbox import CommentCache, ListenerProcess, count_key, install_outbox
+from cachelab.caching.outbox import CommentCache, count_key, install_outbox
+from cachelab.children.outbox import ListenerProcess
 from cachelab.exercise import ExerciseInfo, Opt, Result
-from cachelab.fixtures.shop import WORDS
-from cachelab.measure import LATENCY_COLUMNS, LatencyHistogram, key_sampler, latency_row
+from cachelab.shop.database import WORDS
+from cachelab.workload.measure import LATENCY_COLUMNS, LatencyHistogram, key_sampler, latency_row
 
 if TYPE_CHECKING:
-    from cachelab.fixtures.shop import ShopDatabase
     from cachelab.lab import Lab
+    from cachelab.shop.database import ShopDatabase
 
 INFO = ExerciseInfo(
     id="exercise-5",

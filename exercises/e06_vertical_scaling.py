@@ -33,8 +33,8 @@ if TYPE_CHECKING:
     import redis
 
     from cachelab.caching.migration import Comparison, LiveWorkload
-    from cachelab.fixtures.redis_server import RedisServer
     from cachelab.lab import Lab
+    from cachelab.servers.redis_server import RedisServer
 
 INFO = ExerciseInfo(
     id="exercise-6",
@@ -147,7 +147,7 @@ def run(
         used_memory_ratio,
         write_config,
     )
-    from cachelab.measure import command_calls, counter_delta, keyspace_counters
+    from cachelab.workload.measure import command_calls, counter_delta, keyspace_counters
 
     result = Result()
     memory = {"maxmemory_policy": policy}

@@ -27,13 +27,13 @@ from cachelab.caching.replicas import (
     wait_converged,
 )
 from cachelab.exercise import ExerciseInfo, Opt, Result
-from cachelab.measure import LatencyHistogram, balance, command_calls, key_sampler, ratio
+from cachelab.workload.measure import LatencyHistogram, balance, command_calls, key_sampler, ratio
 
 if TYPE_CHECKING:
     import redis
 
-    from cachelab.fixtures.redis_server import RedisServer
     from cachelab.lab import Lab
+    from cachelab.servers.redis_server import RedisServer
 
 INFO = ExerciseInfo(
     id="exercise-7",

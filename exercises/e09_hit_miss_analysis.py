@@ -22,17 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from cachelab.caching import CacheAside
-from cachelab.errors import UsageError
-from cachelab.exercise import ExerciseInfo, Opt, Result
-from cachelab.measure import (
-    LATENCY_COLUMNS,
-    counter_delta,
-    key_sampler,
-    keyspace_counters,
-    latency_row,
-    ratio,
-)
-from cachelab.monitor import (
+from cachelab.caching.monitor import (
     AccessLog,
     CacheMonitor,
     MonitoredCache,
@@ -41,12 +31,22 @@ from cachelab.monitor import (
     read_access_log,
     scrape_totals,
 )
-from cachelab.simulate import LRU
-from cachelab.simulate import replay as simulate
+from cachelab.caching.simulate import LRU
+from cachelab.caching.simulate import replay as simulate
+from cachelab.errors import UsageError
+from cachelab.exercise import ExerciseInfo, Opt, Result
+from cachelab.workload.measure import (
+    LATENCY_COLUMNS,
+    counter_delta,
+    key_sampler,
+    keyspace_counters,
+    latency_row,
+    ratio,
+)
 
 if TYPE_CHECKING:
-    from cachelab.fixtures.shop import ShopDatabase
     from cachelab.lab import Lab
+    from cachelab.shop.database import ShopDatabase
 
 INFO = ExerciseInfo(
     id="exercise-9",
@@ -174,15 +174,12 @@ def redis_size(mb: float) -> str:
     return f"{mb:g}mb" if mb == int(mb) else str(int(mb * MB))
 
 
-def access_log_path(option: str) -> Path:
+def access_log_path(lab: Lab, option: str) -> Path:
     """The file the run logs to: ``--access-log``, else a new file in the results folder."""
     if option:
         return Path(option).expanduser()
-    from cachelab.store import default_store_path
-
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    return (default_store_path().parent / "access-logs"
-            / f"{INFO.id}-{stamp}-{uuid.uuid4().hex[:6]}.jsonl")
+    return lab.kept_file("access-logs", f"{INFO.id}-{stamp}-{uuid.uuid4().hex[:6]}.jsonl")
 
 
 def run(
@@ -221,7 +218,7 @@ def run(
     # 1. The endpoint first: a busy --metrics-port fails before anything else starts.
     exporter = PrometheusExporter(cache=NAMESPACE)
     metrics = lab.enter_context(exporter.serve(metrics_port))
-    path = access_log_path(access_log)
+    path = access_log_path(lab, access_log)
     try:
         log = lab.enter_context(AccessLog(path))
     except OSError as exc:

@@ -30,13 +30,13 @@ from typing import TYPE_CHECKING, Annotated, Any
 from cachelab.caching import CacheAside
 from cachelab.caching.warming import LockedCache, StreamWatcher, Warmer, XFetchCache
 from cachelab.exercise import ExerciseInfo, Opt, Result
-from cachelab.measure import LatencyHistogram, run_concurrently
+from cachelab.workload.measure import LatencyHistogram, run_concurrently
 
 if TYPE_CHECKING:
     import redis
 
-    from cachelab.fixtures.shop import ShopDatabase
     from cachelab.lab import Lab
+    from cachelab.shop.database import ShopDatabase
 
 INFO = ExerciseInfo(
     id="exercise-10",

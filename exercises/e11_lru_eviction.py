@@ -202,8 +202,8 @@ def run(
         parse_policies,
         replay_cache_aside,
     )
-    from cachelab.measure import counter_delta, key_sampler, keyspace_counters
-    from cachelab.simulate import RandomEviction, miss_ratios, replay
+    from cachelab.caching.simulate import RandomEviction, miss_ratios, replay
+    from cachelab.workload.measure import counter_delta, key_sampler, keyspace_counters
 
     try:
         chosen = parse_policies(policies)

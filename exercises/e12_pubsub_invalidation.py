@@ -32,7 +32,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any, NamedTuple
 
 from cachelab.caching.invalidation import BUSES, STREAM_MAXLEN, TRACKING_CHANNEL, Bus
-from cachelab.caching.service import (
+from cachelab.children import stop_all
+from cachelab.children.service import (
     ServiceProcess,
     connection_name,
     data_key,
@@ -40,14 +41,13 @@ from cachelab.caching.service import (
     log_key,
 )
 from cachelab.exercise import ExerciseInfo, Opt, Result
-from cachelab.fixtures.process import stop_all
-from cachelab.measure import LATENCY_COLUMNS, LatencyHistogram, key_sampler, latency_row
+from cachelab.workload.measure import LATENCY_COLUMNS, LatencyHistogram, key_sampler, latency_row
 
 if TYPE_CHECKING:
     import redis
 
-    from cachelab.fixtures.redis_server import RedisServer
     from cachelab.lab import Lab
+    from cachelab.servers.redis_server import RedisServer
 
 INFO = ExerciseInfo(
     id="exercise-12",

@@ -24,7 +24,7 @@ from datetime import date, timedelta
 from typing import TYPE_CHECKING, Annotated, Any
 
 from cachelab.exercise import ExerciseInfo, Opt, Result
-from cachelab.fixtures.shop import (
+from cachelab.shop.database import (
     CATEGORIES,
     CITIES,
     DAYS,
@@ -32,14 +32,14 @@ from cachelab.fixtures.shop import (
     REPORT_SQL,
     report_parameter_sets,
 )
-from cachelab.measure import key_sampler
+from cachelab.workload.measure import key_sampler
 
 if TYPE_CHECKING:
     import random
 
     from cachelab.caching.dependencies import Change
-    from cachelab.fixtures.shop import ShopDatabase
     from cachelab.lab import Lab
+    from cachelab.shop.database import ShopDatabase
 
 INFO = ExerciseInfo(
     id="exercise-13",

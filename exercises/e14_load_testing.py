@@ -24,15 +24,15 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from cachelab.exercise import ExerciseInfo, Opt, Result
-from cachelab.measure import LATENCY_COLUMNS, latency_row, ratio
+from cachelab.workload.measure import LATENCY_COLUMNS, latency_row, ratio
 
 if TYPE_CHECKING:
-    from cachelab.fixtures.api_server import ApiServer
-    from cachelab.fixtures.redis_server import RedisServer
-    from cachelab.fixtures.shop import ShopDatabase
-    from cachelab.fixtures.shop_api import Caching
     from cachelab.lab import Lab
-    from cachelab.loadgen import LatencyHistogram, LoadResult
+    from cachelab.servers.redis_server import RedisServer
+    from cachelab.shop.app import Caching
+    from cachelab.shop.database import ShopDatabase
+    from cachelab.shop.server import ApiServer
+    from cachelab.workload.loadgen import LatencyHistogram, LoadResult
 
 INFO = ExerciseInfo(
     id="exercise-14",
@@ -143,7 +143,7 @@ class Mode:
 
     def by_outcome(self) -> dict[str, LatencyHistogram]:
         """Latencies of each X-Cache value, every trial together."""
-        from cachelab.loadgen import LatencyHistogram
+        from cachelab.workload.loadgen import LatencyHistogram
 
         merged: dict[str, LatencyHistogram] = {}
         for r in self.runs:
@@ -169,7 +169,7 @@ def start_apis(lab: Lab, db: ShopDatabase,
                servers: list[tuple[Caching, str, RedisServer]]) -> list[ApiServer]:
     """``lab.shop_api`` for several servers at once: each spends a second or two
     importing its framework, so they start side by side; the lab stops them all."""
-    from cachelab.fixtures.api_server import ApiServer
+    from cachelab.shop.server import ApiServer
 
     started = []
     for caching, name, redis_server in servers:
@@ -186,8 +186,8 @@ def plan_for(lab: Lab, db: ShopDatabase, count: int, *, distribution: Literal["z
     """Profiles and products in equal parts, plus ``report_share`` of sales reports."""
     from urllib.parse import urlencode
 
-    from cachelab.fixtures.shop import report_parameter_sets
-    from cachelab.loadgen import Resource, request_plan
+    from cachelab.shop.database import report_parameter_sets
+    from cachelab.workload.loadgen import Resource, request_plan
 
     lookups = (1 - report_share) / 2
     resources = [Resource.ids("/users/{}", db.size.users, lookups),
@@ -206,7 +206,7 @@ def measure(mode: Mode, plan: list[str], spec: Any) -> Run:
     measured phase (after the warm-up, with nothing in flight)."""
     import psutil
 
-    from cachelab.loadgen import HttpTarget, run_load
+    from cachelab.workload.loadgen import HttpTarget, run_load
 
     server = psutil.Process(mode.api.pid)
     marks: list[tuple[dict[str, Any], float]] = []
@@ -247,7 +247,7 @@ def run(
                                   min=1, max=64)] = 1,
 ) -> Result:
     from cachelab.errors import UsageError
-    from cachelab.loadgen import LoadSpec
+    from cachelab.workload.loadgen import LoadSpec
 
     if processes > concurrency:
         raise UsageError(f"--processes {processes} is more than --concurrency {concurrency}: "

@@ -24,14 +24,14 @@ from typing import TYPE_CHECKING, Annotated, Any
 from cachelab.caching.cache_aside import CacheAside
 from cachelab.caching.warmup import AccessRecorder, TopKWarmer, lfu_top, topk_overlap
 from cachelab.exercise import ExerciseInfo, Opt, Result
-from cachelab.measure import key_sampler, ratio
+from cachelab.workload.measure import key_sampler, ratio
 
 if TYPE_CHECKING:
     import redis
 
-    from cachelab.fixtures.redis_server import RedisServer
-    from cachelab.fixtures.shop import ShopDatabase
     from cachelab.lab import Lab
+    from cachelab.servers.redis_server import RedisServer
+    from cachelab.shop.database import ShopDatabase
 
 INFO = ExerciseInfo(
     id="exercise-15",

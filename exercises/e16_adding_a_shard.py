@@ -42,9 +42,9 @@ if TYPE_CHECKING:
         TrafficCounts,
     )
     from cachelab.caching.sharding import ShardRing
-    from cachelab.fixtures.redis_server import RedisServer
-    from cachelab.fixtures.topology import Cluster
     from cachelab.lab import Lab
+    from cachelab.servers.redis_server import RedisServer
+    from cachelab.servers.topology import Cluster
 
 INFO = ExerciseInfo(
     id="exercise-16",
@@ -163,7 +163,7 @@ def _clients(lab: Lab, servers: list[RedisServer]) -> dict[str, redis.Redis]:
 
 def _asking_calls(server: RedisServer) -> int:
     """ASKING commands the server received: each is a client following an ASK."""
-    from cachelab.fixtures.topology import info
+    from cachelab.workload.redis_info import info
 
     return int(info(server, "commandstats").get("cmdstat_asking", {}).get("calls", 0))
 
@@ -217,7 +217,7 @@ def _cluster_nodes(lab: Lab, masters: list[RedisServer]
                    ) -> tuple[list[ClusterNode], dict[str, str]]:
     """The masters as the resharding sees them, and each one's server name by node id."""
     from cachelab.caching.resharding import ClusterNode
-    from cachelab.fixtures.topology import node_id
+    from cachelab.workload.redis_info import node_id
 
     clients = _clients(lab, masters)
     nodes = [ClusterNode(node_id(s), s.host, s.port, clients[s.name]) for s in masters]
@@ -238,7 +238,7 @@ def _reshard(lab: Lab, cluster: Cluster, added: RedisServer, values: dict[str, s
         slot_owners,
     )
     from cachelab.caching.sharding import key_slot
-    from cachelab.fixtures.topology import info_cluster
+    from cachelab.workload.redis_info import info_cluster
 
     # Known to all is not enough: until it has learnt the slot map (and its start-up
     # delay passed) the new node answers CLUSTERDOWN, and refuses what MIGRATE sends.

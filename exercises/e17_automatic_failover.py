@@ -26,9 +26,9 @@ from cachelab.exercise import ExerciseInfo, Opt, Result
 
 if TYPE_CHECKING:
     from cachelab.caching.failover import Event, HealthCheckFailover, Promotion, SequenceWriter
-    from cachelab.fixtures.redis_server import RedisServer
-    from cachelab.fixtures.topology import ReplicaSet
     from cachelab.lab import Lab
+    from cachelab.servers.redis_server import RedisServer
+    from cachelab.servers.topology import ReplicaSet
 
 INFO = ExerciseInfo(
     id="exercise-17",
@@ -304,7 +304,7 @@ def healthcheck_failover(lab: Lab, *, interval_ms: int, timeout_ms: int, failure
 
 def _followers_attached(scenario: Scenario, timeout_s: float = 5.0) -> tuple[bool, str]:
     """Every other replica replicates from the promoted one, link up (polled)."""
-    from cachelab.fixtures.topology import info
+    from cachelab.workload.redis_info import info
 
     new = scenario.new_primary
     if new is None or scenario.promotion is None:

@@ -37,8 +37,8 @@ from cachelab.exercise import ExerciseInfo, Opt, Result
 if TYPE_CHECKING:
     import redis
 
-    from cachelab.fixtures.shop import ShopDatabase
     from cachelab.lab import Lab
+    from cachelab.shop.database import ShopDatabase
 
 INFO = ExerciseInfo(
     id="exercise-18",

@@ -131,7 +131,7 @@ def _sleep_until(target_us: int, offset_us: int) -> None:
 
 
 def _clock_offset_us(client: redis.Redis) -> int:
-    from cachelab.caching.rate_limit import redis_clock_us
+    from cachelab.workload.redis_info import redis_clock_us
 
     before = time.time_ns() // 1000
     redis_now = redis_clock_us(client)
@@ -143,7 +143,7 @@ def boundary_burst(client: redis.Redis, limiters: Sequence[Limiter], limit: int,
     """``limit`` requests per limiter just before a boundary of the clock, ``limit`` just
     after, each batch pipelined so it lands within a few milliseconds; tried again at a
     later boundary (as a new user, starting earlier) if a batch missed its side."""
-    from cachelab.caching.rate_limit import redis_clock_us
+    from cachelab.workload.redis_info import redis_clock_us
 
     lead_us, lag_us = max(20_000, window_us // 20), max(5_000, window_us // 50)
 
@@ -199,16 +199,15 @@ def run(
 ) -> Result:
     from cachelab.caching.rate_limit import (
         ALGORITHMS,
-        HammerProcess,
         LimitSpec,
         TokenBucketLimiter,
         max_in_any_window,
-        redis_clock_us,
-        results_key,
     )
-    from cachelab.fixtures.api_server import ApiServer
-    from cachelab.fixtures.process import stop_all
-    from cachelab.fixtures.shop import ShopDatabase, build_shop
+    from cachelab.children import stop_all
+    from cachelab.children.rate_limit import HammerProcess, results_key
+    from cachelab.shop.database import ShopDatabase, build_shop
+    from cachelab.shop.server import ApiServer
+    from cachelab.workload.redis_info import redis_clock_us
 
     result = Result()
     server = lab.redis_server("redis")
@@ -424,7 +423,7 @@ def _walk_to_429(url: str, limit: int, workers: int = 4) -> tuple[list[Row], Row
 
     import httpx
 
-    from cachelab.caching.rate_limit import DECIDED_HEADER
+    from cachelab.shop.middleware import DECIDED_HEADER
 
     def row(n: int | str, answer: httpx.Response) -> Row:
         h = answer.headers

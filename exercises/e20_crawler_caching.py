@@ -26,16 +26,16 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from cachelab.errors import UsageError
 from cachelab.exercise import ExerciseInfo, Opt, Result
-from cachelab.measure import LatencyHistogram, command_calls
+from cachelab.workload.measure import LatencyHistogram, command_calls
 
 if TYPE_CHECKING:
     import httpx
     import redis
 
     from cachelab.caching.http_cache import CachePolicy
-    from cachelab.fixtures.api_server import ApiServer
-    from cachelab.fixtures.shop import ShopDatabase
     from cachelab.lab import Lab
+    from cachelab.shop.database import ShopDatabase
+    from cachelab.shop.server import ApiServer
 
 INFO = ExerciseInfo(
     id="exercise-20",
@@ -434,7 +434,7 @@ def _check_invalidation(result: Result, cache: redis.Redis, prefix: str,
 
 def _check_changed(result: Result, after: Crawl, before: Mapping[int, Fetch], db: ShopDatabase,
                    k: int) -> int:
-    from cachelab.fixtures.shop_api import render_product_page
+    from cachelab.shop.app import render_product_page
 
     fresh = unchanged_304 = 0
     for f in after.fetches:
@@ -556,7 +556,7 @@ class ClientCache:
 
     def check(self, result: Result, db: ShopDatabase, changed: set[int]) -> tuple[int, int]:
         """Record both client-cache checks; returns (fresh hits, revalidations)."""
-        from cachelab.fixtures.shop_api import render_product_page
+        from cachelab.shop.app import render_product_page
 
         # Fresh: younger than max-age by the first answer's Date once the re-read was done.
         dates = {r.product_id: r.date for r in self.first}

@@ -10,8 +10,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from cachelab.fixtures.redis_binary import RedisBinary, find_redis_server
 from cachelab.lab import Lab, LabSettings
+from cachelab.servers.redis_binary import RedisBinary, find_redis_server
 
 
 def redis_children() -> list[psutil.Process]:
@@ -49,7 +49,7 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Itera
 def docker_servers_left() -> list[str]:
     """Container-backed servers of this process not torn down (removed now): cheap, no
     engine call, and nothing at all when no test used the docker backend."""
-    backend = sys.modules.get("cachelab.fixtures.docker_backend")
+    backend = sys.modules.get("cachelab.servers.docker_backend")
     if backend is None:
         return []
     left = list(backend._LIVE)

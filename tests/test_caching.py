@@ -12,7 +12,7 @@ import redis
 
 from cachelab.caching import CacheAside, QueryCache, normalise_sql, query_key
 from cachelab.lab import Lab
-from cachelab.measure import (
+from cachelab.workload.measure import (
     LatencyHistogram,
     counter_delta,
     key_sampler,
@@ -262,7 +262,7 @@ def test_cache_aside_stats_agree_with_redis(client: redis.Redis) -> None:
 def test_run_concurrently_runs_every_request_once_and_overlaps() -> None:
     import threading
 
-    from cachelab.measure import run_concurrently
+    from cachelab.workload.measure import run_concurrently
 
     seen: list[int] = []
     active, peak = [0], [0]
@@ -283,7 +283,7 @@ def test_run_concurrently_runs_every_request_once_and_overlaps() -> None:
 
 
 def test_run_concurrently_reraises_a_task_error() -> None:
-    from cachelab.measure import run_concurrently
+    from cachelab.workload.measure import run_concurrently
 
     def task(i: int) -> None:
         if i == 3:

@@ -18,8 +18,8 @@ from cachelab.caching.dependencies import (
     table_rule,
     table_tags,
 )
-from cachelab.fixtures.shop import ShopDatabase
 from cachelab.lab import Lab
+from cachelab.shop.database import ShopDatabase
 from exercises.e13_cache_dependencies import (
     CONTEXT,
     DEPENDENT_TABLES,

@@ -26,9 +26,9 @@ from typer.testing import CliRunner
 
 from cachelab.cli import app
 from cachelab.errors import CachelabError
-from cachelab.fixtures.leftovers import alive
-from cachelab.fixtures.redis_binary import RedisBinary
 from cachelab.lab import Lab, LabSettings
+from cachelab.servers.leftovers import alive
+from cachelab.servers.redis_binary import RedisBinary
 
 runner = CliRunner()
 
@@ -57,7 +57,7 @@ def _rootfs(binary: Path) -> bytes:
 @pytest.fixture(scope="session")
 def engine() -> Iterator[Any]:
     """A client of a Docker engine that answers, or a skip that says why not."""
-    from cachelab.fixtures import docker_backend
+    from cachelab.servers import docker_backend
 
     try:
         client = docker_backend.connect(timeout_s=10)

@@ -14,8 +14,8 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from cachelab.caching.eager import WriteThrough, preload
-from cachelab.fixtures.shop import ShopDatabase
 from cachelab.lab import Lab
+from cachelab.shop.database import ShopDatabase
 
 
 @pytest.fixture

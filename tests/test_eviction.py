@@ -21,7 +21,7 @@ from cachelab.caching.eviction import (
     wait_for_lru_tick,
 )
 from cachelab.lab import Lab
-from cachelab.measure import counter_delta, keyspace_counters
+from cachelab.workload.measure import counter_delta, keyspace_counters
 from exercises.e11_lru_eviction import build_stream
 
 VALUE = "v" * 1000

@@ -27,18 +27,14 @@ import redis
 from typer.testing import CliRunner
 
 from cachelab.cli import app
+from cachelab.deployment.deployment import ExistingDeployment
+from cachelab.deployment.guard import KeyGuard
+from cachelab.deployment.target import TargetRefused, mask, parse_target
 from cachelab.errors import UsageError
-from cachelab.fixtures._ports import claim_port
-from cachelab.fixtures.existing import (
-    ExistingDeployment,
-    KeyGuard,
-    TargetRefused,
-    mask,
-    parse_target,
-)
-from cachelab.fixtures.redis_binary import find_redis_server
 from cachelab.lab import Lab, LabSettings
 from cachelab.registry import exercises
+from cachelab.servers.ports import claim_port
+from cachelab.servers.redis_binary import find_redis_server
 
 PASSWORD = "Tr0ub4dor&3-not-in-any-output"
 runner = CliRunner()

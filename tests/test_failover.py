@@ -18,9 +18,11 @@ from cachelab.caching.failover import (
     replication_offset,
     switched_to,
 )
-from cachelab.fixtures.redis_server import RedisServer
-from cachelab.fixtures.topology import ReplicaSet, info, wait_until
 from cachelab.lab import Lab
+from cachelab.servers.redis_server import RedisServer
+from cachelab.servers.topology import ReplicaSet
+from cachelab.workload.poll import wait_until
+from cachelab.workload.redis_info import info
 
 
 def address(server: RedisServer) -> tuple[str, int]:

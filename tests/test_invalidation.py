@@ -22,10 +22,10 @@ from cachelab.caching.invalidation import (
     stream_tail,
     write_and_publish,
 )
-from cachelab.caching.service import ServiceError, ServiceProcess, data_key
-from cachelab.fixtures.process import stop_all
-from cachelab.fixtures.redis_server import RedisServer
+from cachelab.children.service import ServiceError, ServiceProcess, data_key
 from cachelab.lab import Lab
+from cachelab.servers.process import stop_all
+from cachelab.servers.redis_server import RedisServer
 
 
 def wait_until(condition: Callable[[], bool], timeout_s: float = 5.0) -> bool:

@@ -15,7 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cachelab.cli import app
-from cachelab.fixtures.redis_server import answers_ping
+from cachelab.servers.redis_server import answers_ping
 
 runner = CliRunner()
 

@@ -12,9 +12,9 @@ from typing import Any
 import psutil
 import pytest
 
-from cachelab.fixtures._ports import claim_port
 from cachelab.lab import Lab
-from cachelab.loadgen import (
+from cachelab.servers.ports import claim_port
+from cachelab.workload.loadgen import (
     HttpTarget,
     LatencyHistogram,
     LoadError,

@@ -29,9 +29,9 @@ from cachelab.caching.migration import (
     used_memory_ratio,
     write_config,
 )
-from cachelab.fixtures.redis_server import RedisServer
 from cachelab.lab import Lab
-from cachelab.measure import command_calls
+from cachelab.servers.redis_server import RedisServer
+from cachelab.workload.measure import command_calls
 
 # redis-py retries with backoff by default, which would hide a paused or stopped server.
 NO_RETRY = Retry(NoBackoff(), 0)

@@ -16,11 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
 
 from cachelab.caching import CacheAside
-from cachelab.cli import app
-from cachelab.errors import UsageError
-from cachelab.lab import Lab
-from cachelab.measure import counter_delta, keyspace_counters
-from cachelab.monitor import (
+from cachelab.caching.monitor import (
     Access,
     AccessCounters,
     AccessLog,
@@ -32,6 +28,10 @@ from cachelab.monitor import (
     read_access_log,
     scrape_totals,
 )
+from cachelab.cli import app
+from cachelab.errors import UsageError
+from cachelab.lab import Lab
+from cachelab.workload.measure import counter_delta, keyspace_counters
 
 
 def test_access_log_round_trips_one_line_per_access(tmp_path: Path) -> None:

@@ -21,7 +21,6 @@ import redis
 from cachelab.caching.outbox import (
     LISTENER_KEY,
     CommentCache,
-    ListenerProcess,
     OutboxListener,
     comments_key,
     count_key,
@@ -29,9 +28,10 @@ from cachelab.caching.outbox import (
     last_outbox_id,
     read_outbox,
 )
+from cachelab.children.outbox import ListenerProcess
 from cachelab.errors import ServerStartError
-from cachelab.fixtures.shop import ShopDatabase
 from cachelab.lab import Lab
+from cachelab.shop.database import ShopDatabase
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -16,10 +16,8 @@ from hypothesis import strategies as st
 from cachelab.caching.rate_limit import (
     ALGORITHMS,
     LIMITERS,
-    RESULTS_KEY,
     Decision,
     FixedWindowLimiter,
-    HammerProcess,
     LimitSpec,
     SlidingCounterLimiter,
     SlidingLogLimiter,
@@ -27,10 +25,11 @@ from cachelab.caching.rate_limit import (
     max_in_any_window,
     max_per_fixed_window,
     parse_limit,
-    redis_clock_us,
 )
-from cachelab.fixtures.process import stop_all
+from cachelab.children.rate_limit import RESULTS_KEY, HammerProcess
 from cachelab.lab import Lab
+from cachelab.servers.process import stop_all
+from cachelab.workload.redis_info import redis_clock_us
 
 BASE_US = 1_700_000_000_000_000  # a real epoch in microseconds: precision matters there
 WITH_REDIS = settings(max_examples=30, deadline=None,

@@ -16,11 +16,11 @@ import psutil
 import pytest
 
 from cachelab.errors import RedisServerNotFound, ServerStartError
-from cachelab.fixtures import _ports
-from cachelab.fixtures._ports import PORT_RANGE, claim_port
-from cachelab.fixtures.redis_binary import ENV_VAR, INSTALL_HINT, RedisBinary, find_redis_server
-from cachelab.fixtures.redis_server import RedisServer
 from cachelab.lab import Lab
+from cachelab.servers import ports as _ports
+from cachelab.servers.ports import PORT_RANGE, claim_port
+from cachelab.servers.redis_binary import ENV_VAR, INSTALL_HINT, RedisBinary, find_redis_server
+from cachelab.servers.redis_server import RedisServer
 
 
 def _running_redis() -> list[psutil.Process]:
@@ -209,7 +209,7 @@ def test_claims_in_one_process_never_share_a_port(monkeypatch: pytest.MonkeyPatc
 
 def test_claim_in_another_process_excludes_its_port(monkeypatch: pytest.MonkeyPatch) -> None:
     """The lock belongs to the other process and dies with it."""
-    script = ("import sys\nfrom cachelab.fixtures._ports import claim_port\n"
+    script = ("import sys\nfrom cachelab.servers.ports import claim_port\n"
               "claim = claim_port()\nprint(claim.port, flush=True)\nsys.stdin.read()\n")
     other = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, text=True)

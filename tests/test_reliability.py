@@ -15,8 +15,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from cachelab.fixtures.redis_binary import RedisBinary
-from cachelab.fixtures.spawn import DIES_WITH_PARENT
+from cachelab.servers.redis_binary import RedisBinary
+from cachelab.servers.spawn import DIES_WITH_PARENT
 from cachelab.store import ResultsStore
 
 
@@ -121,7 +121,7 @@ def test_doctor_lists_and_cleans_only_what_killed_runs_left(
     from typer.testing import CliRunner
 
     from cachelab.cli import app
-    from cachelab.fixtures._ports import claim_port
+    from cachelab.servers.ports import claim_port
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],

@@ -17,9 +17,9 @@ from cachelab.caching.replicas import (
     replication_offsets,
     wait_converged,
 )
-from cachelab.fixtures.topology import ReplicaSet
 from cachelab.lab import Lab
-from cachelab.measure import balance, command_calls
+from cachelab.servers.topology import ReplicaSet
+from cachelab.workload.measure import balance, command_calls
 
 
 @dataclass

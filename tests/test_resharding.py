@@ -27,9 +27,9 @@ from cachelab.caching.resharding import (
     slot_owners,
 )
 from cachelab.caching.sharding import ShardRing, key_slot
-from cachelab.fixtures.redis_server import RedisServer
-from cachelab.fixtures.topology import info_cluster, node_id
 from cachelab.lab import Lab
+from cachelab.servers.redis_server import RedisServer
+from cachelab.workload.redis_info import info_cluster, node_id
 
 KEYS = [f"user:{i}" for i in range(1, 5001)]
 

@@ -21,9 +21,9 @@ from cachelab.caching.sharding import (
     scan_keys,
     write_through_cluster,
 )
-from cachelab.fixtures.topology import CLUSTER_SLOTS
 from cachelab.lab import Lab
-from cachelab.measure import command_calls
+from cachelab.servers.topology import CLUSTER_SLOTS
+from cachelab.workload.measure import command_calls
 
 KEYS = [f"user:{i}" for i in range(20_000)]
 NODE_SETS = [

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from cachelab.fixtures.shop import CATEGORIES, ShopDatabase, ShopSize, build_shop
+from cachelab.shop.database import CATEGORIES, ShopDatabase, ShopSize, build_shop
 
 SCALE = 0.05
 

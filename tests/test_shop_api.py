@@ -15,9 +15,9 @@ import pytest
 from typer.testing import CliRunner
 
 from cachelab.cli import app
-from cachelab.fixtures._ports import claim_port
-from cachelab.fixtures.api_server import ApiServer
 from cachelab.lab import Lab
+from cachelab.servers.ports import claim_port
+from cachelab.shop.server import ApiServer
 
 
 def test_lazy_api_misses_once_then_serves_from_redis_and_invalidates_on_update(

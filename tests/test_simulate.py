@@ -8,8 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cachelab.measure import key_sampler
-from cachelab.simulate import (
+from cachelab.caching.simulate import (
     FIFO,
     LFU,
     LRU,
@@ -19,6 +18,7 @@ from cachelab.simulate import (
     miss_ratios,
     replay,
 )
+from cachelab.workload.measure import key_sampler
 
 
 def hits(policy: LRU | LFU | FIFO | Sieve | RandomEviction, trace: str) -> str:

@@ -6,8 +6,8 @@ import psutil
 import pytest
 
 from cachelab.errors import ServerStartError
-from cachelab.fixtures.topology import CLUSTER_SLOTS, info, info_cluster, replica_synced
 from cachelab.lab import Lab
+from cachelab.workload.redis_info import CLUSTER_SLOTS, info, info_cluster, replica_synced
 
 
 def test_replica_set_replicates_writes_to_every_replica(lab: Lab) -> None:

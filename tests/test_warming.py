@@ -21,7 +21,7 @@ from cachelab.caching.warming import (
     xfetch_due,
 )
 from cachelab.lab import Lab
-from cachelab.measure import run_concurrently, wait_for_expiry
+from cachelab.workload.measure import run_concurrently, wait_for_expiry
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from cachelab.simulate import LRU
+from cachelab.caching.simulate import LRU
 
 if TYPE_CHECKING:  # redis is imported by whoever builds the client
     import redis

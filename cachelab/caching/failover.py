@@ -21,7 +21,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from cachelab.caching.worker import BackgroundWorker
+from cachelab.workload.threads import BackgroundWorker
 
 Address = tuple[str, int]
 Clock = Callable[[], float]

@@ -27,13 +27,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cachelab.caching.worker import StartedWith
-from cachelab.fixtures.topology import info, replica_synced, wait_until
+from cachelab.workload.poll import wait_until
+from cachelab.workload.redis_info import Node, info, replica_synced
+from cachelab.workload.threads import StartedWith
 
 if TYPE_CHECKING:
     import redis
 
-    from cachelab.fixtures.redis_server import RedisServer
 
 
 # ------------------------------------------------------------------- configuration
@@ -130,7 +130,7 @@ class ReplicationMove:
     paused; whoever owns it stops it after the application has moved.
     """
 
-    def __init__(self, source: RedisServer, target: RedisServer, *,
+    def __init__(self, source: Node, target: Node, *,
                  timeout_s: float = 20.0) -> None:
         self.source = source
         self.target = target

@@ -26,7 +26,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
-from cachelab.caching.worker import BackgroundWorker
+from cachelab.workload.threads import BackgroundWorker
 
 if TYPE_CHECKING:  # redis is imported by whoever builds the clients
     import redis

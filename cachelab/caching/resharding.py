@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from cachelab.caching.sharding import ShardRing, modulo_shard
-from cachelab.caching.worker import BackgroundWorker
+from cachelab.workload.threads import BackgroundWorker
 
 if TYPE_CHECKING:  # redis is imported by whoever builds the clients
     import redis

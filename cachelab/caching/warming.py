@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from cachelab.caching.cache_aside import CacheStats
-from cachelab.caching.worker import BackgroundWorker
+from cachelab.workload.threads import BackgroundWorker
 
 if TYPE_CHECKING:  # redis is imported by whoever builds the client
     import redis

@@ -28,7 +28,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from cachelab.errors import UsageError
-from cachelab.measure import LatencyHistogram, ratio
+from cachelab.workload.measure import LatencyHistogram, ratio
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 from cachelab.errors import EnvironmentProblem
-from cachelab.measure import Distribution, LatencyHistogram, key_sampler
+from cachelab.workload.measure import Distribution, LatencyHistogram, key_sampler
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection

@@ -1,6 +1,6 @@
 """A service process with in-process caches, driven through Redis by the lab.
 
-Each service (``python -m cachelab.caching.service``) is its own OS process in front of
+Each service (``python -m cachelab.children.service``) is its own OS process in front of
 the shared Redis, with one :class:`LocalCache` per bus (``none``, ``pubsub``,
 ``stream``, ``tracking``) and a subscriber for each bus that has one. It takes
 commands from its list ``svc:<name>:cmd`` and answers on ``svc:<name>:replies``, so
@@ -39,7 +39,7 @@ from cachelab.caching.invalidation import (
     stream_tail,
     write_and_publish,
 )
-from cachelab.fixtures.process import ChildProcess, stop_condition
+from cachelab.servers.process import ChildProcess, stop_condition
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -90,7 +90,7 @@ class Service:
     """
 
     def __init__(self, name: str, port: int, prefix: str = "") -> None:
-        from cachelab.fixtures.existing import client_from_env  # imports redis: only here
+        from cachelab.deployment.deployment import client_from_env  # imports redis: only here
 
         self.name = name
         self.prefix = prefix
@@ -249,7 +249,7 @@ class ServiceProcess(ChildProcess):
                  reply_timeout_s: float = 10.0, key_prefix: str = "",
                  env: Mapping[str, str] | None = None) -> None:
         super().__init__(
-            client, module="cachelab.caching.service", ready_key=ready_key(name, key_prefix),
+            client, module="cachelab.children.service", ready_key=ready_key(name, key_prefix),
             label=f"service {name}", log_path=log_path, ready_timeout_s=ready_timeout_s,
             args=["--name", name, "--redis-port", str(redis_port),
                   "--max-seconds", str(max_seconds)], env=env)
@@ -293,7 +293,7 @@ class ServiceProcess(ChildProcess):
 
 def main(argv: Sequence[str] | None = None) -> int:
     """A service: serve commands until SIGTERM, its parent's death or a deadline."""
-    parser = argparse.ArgumentParser(prog="python -m cachelab.caching.service",
+    parser = argparse.ArgumentParser(prog="python -m cachelab.children.service",
                                      description=main.__doc__)
     parser.add_argument("--name", required=True)
     parser.add_argument("--redis-port", type=int, required=True)
@@ -301,7 +301,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--parent-pid", type=int, default=os.getppid())
     args = parser.parse_args(argv)
 
-    from cachelab.fixtures.existing import child_prefix
+    from cachelab.deployment.deployment import child_prefix
 
     should_stop = stop_condition(args.parent_pid, args.max_seconds)
     service = Service(args.name, args.redis_port, child_prefix())
