@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -37,6 +38,20 @@ def default_store_path() -> Path:
     return cachelab_home() / "results.db"
 
 
+def _use_wal(conn: sqlite3.Connection, attempts: int = 300) -> None:
+    """Switch a store to WAL. Two runs that open a new store at once both ask; SQLite
+    answers the loser "database is locked" at once, without waiting out the timeout, so
+    ask again until the winner's switch is done (then it is a no-op)."""
+    for attempt in range(attempts):
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(0.01)
+
+
 class ResultsStore:
     """Saved runs, newest last. Errors surface as :class:`StoreError` with the path."""
 
@@ -50,7 +65,7 @@ class ResultsStore:
             # WAL lets readers and several writers (parallel runs) share the file; the
             # timeout makes a writer wait for another's transaction instead of failing.
             conn = sqlite3.connect(self.path, timeout=30)
-            conn.execute("PRAGMA journal_mode=WAL")
+            _use_wal(conn)
             db = sqlite_utils.Database(conn)
             try:
                 self._migrate(db)

@@ -244,7 +244,7 @@ def test_an_orphaned_listener_exits(
     port, client = server_client
     parent_code = (
         "import os, subprocess, sys, time\n"
-        "child = subprocess.Popen([sys.executable, '-m', 'cachelab.caching.outbox', '--db', "
+        "child = subprocess.Popen([sys.executable, '-m', 'cachelab.children.outbox', '--db', "
         f"{str(db.path)!r}, '--redis-port', '{port}', '--parent-pid', str(os.getpid())])\n"
         "print(child.pid, flush=True)\n"
         "time.sleep(60)\n")
