@@ -115,10 +115,24 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+def _exercise_dirs(dirs: list[Path] | None) -> None:
+    # Eager: set while the options are parsed, before any command can read the catalogue.
+    # Called when the option is absent too, so that each invocation in one process (as
+    # CliRunner makes them) starts from no folders.
+    from cachelab.registry import set_exercise_dirs
+
+    set_exercise_dirs(dirs or ())
+
+
 @app.callback()
 def _main(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                           help="Show the version and exit.")] = False,
+    exercises_dir: Annotated[list[Path] | None, typer.Option(
+        "--exercises-dir", metavar="DIR", callback=_exercise_dirs, is_eager=True,
+        exists=True, file_okay=False, help="A folder of your own exercise modules (repeat "
+        "it for more); CACHELAB_EXERCISES_DIR adds folders too (separated by ':', or ';' on "
+        "Windows).")] = None,
 ) -> None:
     """cachelab: twenty caching exercises on real Redis and SQLite, measured."""
 

@@ -1,22 +1,29 @@
-"""Finds the exercises, checks each one's contract, and resolves names to them."""
+"""Finds the exercises (built in, and an instructor's own packs), checks each one's
+contract, and resolves names to them."""
 
 from __future__ import annotations
 
 import functools
 import importlib
+import importlib.machinery
 import importlib.util
 import inspect
+import os
 import pkgutil
 import re
+import sys
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from cachelab.errors import ExerciseContractError, UnknownExercise
+from cachelab.errors import ExerciseContractError, UnknownExercise, UsageError
 from cachelab.exercise import ExerciseInfo, Opt, Result
+
+if TYPE_CHECKING:
+    from importlib.metadata import EntryPoint
 
 _OPTION_TYPES = (int, float, str, bool)
 
@@ -119,11 +126,122 @@ class Entry:
     module_name: str
 
 
-def _module_names() -> list[str]:
-    import exercises as package
+# A folder of exercises, or a package of them, that an instructor adds without editing
+# cachelab: folders by option or environment variable, packages by entry point.
+PACK_GROUP = "cachelab.exercises"
+EXERCISES_DIR_ENV = "CACHELAB_EXERCISES_DIR"
+_option_dirs: tuple[Path, ...] = ()
+_dir_packages: dict[Path, str] = {}
 
-    return [f"{package.__name__}.{m.name}" for m in pkgutil.iter_modules(package.__path__)
+
+def set_exercise_dirs(dirs: Iterable[Path]) -> None:
+    """Use these folders of exercise modules (``--exercises-dir``), besides the ones
+    ``CACHELAB_EXERCISES_DIR`` names; an empty list drops the previous ones."""
+    global _option_dirs
+    _option_dirs = tuple(Path(d).resolve() for d in dirs)
+
+
+def _pack_dirs() -> tuple[Path, ...]:
+    from_env = []
+    for part in os.environ.get(EXERCISES_DIR_ENV, "").split(os.pathsep):
+        if part:
+            folder = Path(part).resolve()
+            if not folder.is_dir():
+                raise UsageError(f"{EXERCISES_DIR_ENV} names {part!r}, which is not a folder")
+            from_env.append(folder)
+    return _option_dirs + tuple(from_env)
+
+
+@functools.cache
+def _pack_entry_points() -> tuple[EntryPoint, ...]:
+    """Installed packs: each entry point of the group names a package of exercise modules."""
+    if not _may_declare_packs():
+        return ()
+    from importlib.metadata import entry_points
+
+    return tuple(entry_points(group=PACK_GROUP))
+
+
+def _may_declare_packs() -> bool:
+    """Whether an installed distribution may declare the group. importlib.metadata costs
+    `cachelab list` a sixth of its start-up (it imports email, zipfile and csv) to say
+    "none", as it will on most machines; so first read what its standard finder would
+    read, the entry_points.txt of each *.dist-info or *.egg-info folder on sys.path.
+    Anything else that may hold distributions (a zip, an egg, another finder) is a yes."""
+    standard = importlib.machinery.PathFinder
+    if any(finder is not standard and hasattr(finder, "find_distributions")
+           for finder in sys.meta_path):
+        return True
+    for entry in sys.path:
+        folder = entry or "."
+        if folder.lower().endswith(".egg") or os.path.isfile(folder):
+            return True
+        try:
+            infos = [e.name for e in os.scandir(folder)
+                     if e.name.lower().endswith((".dist-info", ".egg-info"))]
+        except OSError:  # a folder on sys.path that does not exist
+            continue
+        for info in infos:
+            try:
+                if PACK_GROUP in Path(folder, info, "entry_points.txt").read_text("utf-8"):
+                    return True
+            except (OSError, UnicodeDecodeError):
+                pass
+    return False
+
+
+@functools.cache
+def _builtin_package() -> str:
+    # The wheel ships the exercises inside cachelab (a top-level `exercises` in site-packages
+    # would collide with other projects'); a checkout keeps them in its top-level folder,
+    # which an editable install and the tests have on sys.path. Tests and import-linter
+    # then see them as `exercises`, the name under which the repository keeps them.
+    return "cachelab.exercises" if importlib.util.find_spec("cachelab.exercises") else "exercises"
+
+
+def _entry_point_package(entry_point: EntryPoint) -> str:
+    where = f"entry point {entry_point.name} = {entry_point.value} (group {PACK_GROUP})"
+    try:
+        package = entry_point.load()
+    except Exception as exc:
+        raise ExerciseContractError(f"{where}: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(package, ModuleType) or not hasattr(package, "__path__"):
+        raise ExerciseContractError(f"{where} must name a package of exercise modules")
+    return package.__name__
+
+
+def _dir_package(folder: Path) -> str:
+    """A package, made up here, whose modules are the folder's: a name of their own keeps
+    them from shadowing, or being shadowed by, any module on sys.path."""
+    if folder not in _dir_packages:
+        name = f"_cachelab_dir_pack_{len(_dir_packages)}"
+        spec = importlib.machinery.ModuleSpec(name, None, is_package=True)
+        spec.submodule_search_locations = [str(folder)]
+        sys.modules[name] = importlib.util.module_from_spec(spec)
+        _dir_packages[folder] = name
+    return _dir_packages[folder]
+
+
+def _module_names(package_name: str) -> list[str]:
+    package = importlib.import_module(package_name)
+    return [f"{package_name}.{m.name}" for m in pkgutil.iter_modules(package.__path__)
             if not m.name.startswith("_")]
+
+
+def _file(module_name: str) -> str:
+    spec = importlib.util.find_spec(module_name)
+    return spec.origin if spec is not None and spec.origin else module_name
+
+
+def _import(module_name: str) -> ModuleType:
+    """Import an exercise module; a pack's module that fails to is named by its file."""
+    try:
+        return importlib.import_module(module_name)
+    except Exception as exc:
+        if module_name.startswith(_builtin_package() + "."):
+            raise  # a built-in exercise that does not import is a bug in cachelab
+        raise ExerciseContractError(f"{_file(module_name)}: {type(exc).__name__}: {exc}"
+                                    ) from exc
 
 
 def _literal_info(module_name: str) -> ExerciseInfo | None:
@@ -146,30 +264,38 @@ def _literal_info(module_name: str) -> ExerciseInfo | None:
         return None  # not a plain literal: the module is imported instead
 
 
-@functools.cache
 def catalogue() -> tuple[Entry, ...]:
-    """Every exercise's INFO, ordered by number, importing a module only when its INFO is
-    not a plain literal: listing twenty exercises should not load twenty modules."""
+    """Every exercise's INFO, built in and from packs, ordered by number, importing a
+    module only when its INFO is not a plain literal: listing twenty exercises should not
+    load twenty modules."""
+    return _catalogue(_pack_entry_points(), _pack_dirs())
+
+
+@functools.cache  # keyed by the packs, so a run with other packs gets its own catalogue
+def _catalogue(entry_points: tuple[EntryPoint, ...], dirs: tuple[Path, ...]
+               ) -> tuple[Entry, ...]:
+    packages = [_builtin_package(), *map(_entry_point_package, entry_points),
+                *map(_dir_package, dirs)]
     entries = []
-    for module_name in _module_names():
+    for module_name in (name for package in packages for name in _module_names(package)):
         info = _literal_info(module_name)
         if info is None:
-            info = load_exercise(importlib.import_module(module_name)).info
+            info = load_exercise(_import(module_name)).info
         entries.append(Entry(info, module_name))
     entries.sort(key=lambda e: e.info.number)
     seen: dict[str, Entry] = {}
     for entry in entries:
         for value in (entry.info.id, entry.info.slug):
             if value in seen:
-                raise ExerciseContractError(f"{seen[value].module_name} and "
-                                            f"{entry.module_name} both use {value!r}")
+                raise ExerciseContractError(f"{_file(seen[value].module_name)} and "
+                                            f"{_file(entry.module_name)} both use {value!r}")
             seen[value] = entry
     return tuple(entries)
 
 
 @functools.cache
 def _load(module_name: str) -> Exercise:
-    return load_exercise(importlib.import_module(module_name))
+    return load_exercise(_import(module_name))
 
 
 def exercises() -> tuple[Exercise, ...]:
@@ -190,7 +316,7 @@ def resolve(name: str) -> Exercise:
         if wanted in _names(entry.info):
             exercise = _load(entry.module_name)
             if exercise.info != entry.info:  # the source said one thing, the module another
-                raise ExerciseContractError(f"{entry.module_name}: INFO changed on import")
+                raise ExerciseContractError(f"{_file(entry.module_name)}: INFO changed on import")
             return exercise
     import difflib  # only a miss needs it; `cachelab list` should not pay for it
 
