@@ -16,7 +16,7 @@ import traceback
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 from typer.core import TyperGroup
@@ -30,6 +30,9 @@ from cachelab.errors import (
     UsageError,
 )
 from cachelab.registry import Exercise, catalogue, exercises, resolve
+
+if TYPE_CHECKING:
+    from cachelab.record import RunRecord
 
 
 def _err(message: str) -> None:
@@ -312,7 +315,7 @@ def _progress_factory(common: _Common) -> Any:
     return progress
 
 
-def _save(common: _Common, record: dict[str, Any]) -> None:
+def _save(common: _Common, record: RunRecord) -> None:
     if common.no_save:
         return
     from cachelab.store import ResultsStore
@@ -324,7 +327,7 @@ def _save(common: _Common, record: dict[str, Any]) -> None:
              "(use --results PATH or --no-save)")
 
 
-def _print(common: _Common, record: dict[str, Any]) -> None:
+def _print(common: _Common, record: RunRecord) -> None:
     if common.markdown:
         from cachelab.render import to_markdown
 
@@ -348,7 +351,7 @@ def _note_leftovers() -> None:
              "'cachelab doctor --clean' removes them.")
 
 
-def _run_one(exercise: Exercise, common: _Common, given: dict[str, Any]) -> dict[str, Any]:
+def _run_one(exercise: Exercise, common: _Common, given: dict[str, Any]) -> RunRecord:
     from cachelab.runner import run_exercise
 
     record = run_exercise(exercise, given, common.settings, progress=_progress_factory(common),
@@ -396,7 +399,7 @@ def _run_all(**kwargs: Any) -> None:
     with _reported(kwargs["debug"]):
         common, _ = _Common.split(kwargs)
     _note_leftovers()
-    records: list[dict[str, Any]] = []
+    records: list[RunRecord] = []
     headlines: list[str] = []
     code = ExitCode.OK
     chosen = list(exercises())
@@ -573,7 +576,7 @@ def compare(
 
             target = parse_target(redis_url, sentinel, service, cluster_url)
 
-            def one(given: dict[str, Any], trial: int) -> dict[str, Any]:
+            def one(given: dict[str, Any], trial: int) -> RunRecord:
                 settings = LabSettings(seed=seed + trial, db_latency_ms=db_latency_ms,
                                        redis_server=redis_server, target=target)
                 record = run_exercise(exercise, given, settings).to_dict()
