@@ -1,7 +1,9 @@
-"""The cachelab command line: parse, call the core, render, map errors to exit codes.
+"""The cachelab command line: parse, call the core, render; one boundary maps errors to
+exit codes.
 
 No caching logic lives here; the commands for each exercise are generated from the
-exercise registry, their options from each exercise's ``run`` signature.
+exercise registry, their options from each exercise's ``run`` signature, and the options
+commands share from cachelab.options.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ import threading
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 from typer.core import TyperGroup
@@ -25,11 +28,32 @@ from cachelab import __version__
 from cachelab.errors import (
     CachelabError,
     ExitCode,
+    Interrupted,
     RedisServerNotFound,
     StoreError,
     UsageError,
 )
+from cachelab.options import (
+    DEBUG,
+    DEBUG_KEY,
+    DEPLOYMENT_OPTIONS,
+    JSON,
+    LAB_OPTIONS,
+    MARKDOWN,
+    NO_SAVE,
+    REDIS_SERVER,
+    RESULTS,
+    SERVER_OPTIONS,
+    SHOP_OPTIONS,
+    SharedValues,
+    shared_options,
+)
 from cachelab.registry import Exercise, catalogue, exercises, resolve
+
+if TYPE_CHECKING:
+    from cachelab.lab import LabSettings
+    from cachelab.record import RunRecord
+    from cachelab.store import ResultsStore
 
 
 def _err(message: str) -> None:
@@ -37,26 +61,25 @@ def _err(message: str) -> None:
     typer.echo(message, err=True)
 
 
-@contextmanager
-def _reported(debug: bool = False) -> Iterator[None]:
-    """Turn cachelab's errors and Ctrl-C into one line on stderr and the exit code."""
-    try:
-        yield
-    except CachelabError as exc:
-        if debug:
-            traceback.print_exc()
+def _report_error(exc: BaseException, debug: bool) -> int:
+    """One line on stderr for ``exc`` (after its traceback with --debug), and its exit code."""
+    if isinstance(exc, KeyboardInterrupt):
+        code = exc.exit_code if isinstance(exc, Interrupted) else ExitCode.INTERRUPTED
+        what = "Terminated" if code == ExitCode.TERMINATED else "Interrupted"
+        _err(f"{what}: every server this run started has been stopped.")
+        return code
+    if debug:
+        traceback.print_exception(type(exc), exc, exc.__traceback__)
+    if isinstance(exc, CachelabError):
         _err(f"Error: {exc}")
-        raise typer.Exit(exc.exit_code) from None
-    except KeyboardInterrupt:
-        _err("Interrupted: every server this run started has been stopped.")
-        raise typer.Exit(ExitCode.INTERRUPTED) from None
-    except Exception as exc:
-        if debug:
-            raise
-        # A server that died or refused mid-run is the environment; anything else is a bug.
-        environment = isinstance(exc, OSError) or type(exc).__module__.startswith("redis")
+        return exc.exit_code
+    # A server that died or refused mid-run is the environment; anything else is a bug.
+    if isinstance(exc, OSError) or type(exc).__module__.startswith("redis"):
         _err(f"Error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)")
-        raise typer.Exit(ExitCode.ENVIRONMENT if environment else ExitCode.CHECK_FAILED) from None
+        return ExitCode.ENVIRONMENT
+    _err(f"Error: {type(exc).__name__}: {exc}. This is a bug in cachelab: please report it "
+         "with the command you ran and the traceback that --debug shows.")
+    return ExitCode.BUG
 
 
 class _ExerciseGroup(TyperGroup):
@@ -66,10 +89,9 @@ class _ExerciseGroup(TyperGroup):
         command = super().get_command(ctx, cmd_name)  # "all"
         if command is not None:
             return command
-        with _reported():
-            exercise = resolve(cmd_name)
+        exercise = resolve(cmd_name)
         # Built on demand: only the exercise asked for is imported.
-        single = typer.Typer()
+        single = typer.Typer(add_completion=False)
         single.command(exercise.info.id)(_exercise_command(exercise))
         return typer.main.get_command(single)
 
@@ -78,20 +100,33 @@ class _ExerciseGroup(TyperGroup):
 
 
 class _LabGroup(TyperGroup):
-    """The root command: usage errors become one ``Error:`` line, not a framed box."""
+    """The root command, and the one error boundary (httpie's ``raw_main``): whatever a
+    command raises becomes one line on stderr and an exit code here."""
+
+    def invoke(self, ctx: Any) -> Any:
+        # Inside Typer's main, not around it: Typer's main turns a KeyboardInterrupt into a
+        # bare exit 130, and SIGTERM's 143 would be lost.
+        try:
+            return super().invoke(ctx)
+        except (typer.Exit, typer.Abort, typer.TyperException):
+            raise  # an exit code already, or a usage error that main() words
+        except (Exception, KeyboardInterrupt) as exc:
+            raise typer.Exit(_report_error(exc, ctx.meta.get(DEBUG_KEY, False))) from None
 
     def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,
              complete_var: str | None = None, standalone_mode: bool = True,
              windows_expand_args: bool = True, **extra: Any) -> Any:
+        """Usage errors become one ``Error:`` line, not a framed box."""
         try:
             code = super().main(args, prog_name, complete_var, standalone_mode=False,
                                 windows_expand_args=windows_expand_args, **extra)
         except typer.TyperException as exc:
-            ctx = getattr(exc, "ctx", None)
-            where = ctx.command_path if ctx is not None else "cachelab"
-            message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
-            _err(f"Error: {message.rstrip('.')}. See '{where} --help'.")
             code = getattr(exc, "exit_code", ExitCode.USAGE)
+            if type(exc).__name__ != "NoArgsIsHelpError":  # that one printed the help
+                ctx = getattr(exc, "ctx", None)
+                where = ctx.command_path if ctx is not None else "cachelab"
+                message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+                _err(f"Error: {message.rstrip('.')}. See '{where} --help'.")
         if not standalone_mode:
             return code
         sys.exit(code or 0)
@@ -125,6 +160,7 @@ def _exercise_dirs(dirs: list[Path] | None) -> None:
 
 
 @app.callback()
+@shared_options(DEBUG)
 def _main(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                           help="Show the version and exit.")] = False,
@@ -133,6 +169,7 @@ def _main(
         exists=True, file_okay=False, help="A folder of your own exercise modules (repeat "
         "it for more); CACHELAB_EXERCISES_DIR adds folders too (separated by ':', or ';' on "
         "Windows).")] = None,
+    *, shared: SharedValues,
 ) -> None:
     """cachelab: twenty caching exercises on real Redis and SQLite, measured."""
 
@@ -141,9 +178,8 @@ def _main(
 
 
 @app.command("list")
-def list_exercises(
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-) -> None:
+@shared_options(JSON)
+def list_exercises(*, shared: SharedValues) -> None:
     """List the exercises: id, slug, title, concept and fixtures.
 
     Example: cachelab list --json
@@ -151,7 +187,7 @@ def list_exercises(
     rows: list[dict[str, Any]] = [
         {"id": e.info.id, "slug": e.info.slug, "title": e.info.title, "concept": e.info.concept,
          "fixtures": list(e.info.fixtures)} for e in catalogue()]
-    if as_json:
+    if shared.as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
     from rich.console import Console
@@ -175,8 +211,7 @@ def show(exercise: Annotated[str, typer.Argument(help="exercise-1, 1, or a slug"
     from rich.console import Console
     from rich.table import Table
 
-    with _reported():
-        ex = resolve(exercise)
+    ex = resolve(exercise)
     info, console = ex.info, Console()
     console.print(f"[bold cyan]{info.id}[/] [bold]{info.title}[/]  ({info.slug})")
     console.print(f"[bold]Concept:[/] {info.concept}\n")
@@ -210,87 +245,18 @@ def show(exercise: Annotated[str, typer.Argument(help="exercise-1, 1, or a slug"
 
 # ---------------------------------------------------------------- run
 
-Backend = Literal["local", "docker"]
+#: The options of ``run N`` and ``run all``, beside an exercise's own.
+RUN_OPTIONS = (JSON, MARKDOWN, *LAB_OPTIONS, RESULTS, NO_SAVE, DEBUG)
 
 
-_PANEL = "Existing deployment"
-#: The options that name an existing deployment (run and compare take them).
-_TARGET_OPTIONS: dict[str, dict[str, Any]] = {
-    "redis_url": {"help": "Run on an existing Redis (redis:// or rediss://) instead of "
-                  "servers cachelab starts; password from the URL or "
-                  "CACHELAB_REDIS_PASSWORD.", "rich_help_panel": _PANEL},
-    "sentinel": {"metavar": "HOST:PORT", "help": "Run on the master a Sentinel names "
-                 "(with --service).", "rich_help_panel": _PANEL},
-    "service": {"help": "The Sentinel's name for the master, e.g. mymaster.",
-                "rich_help_panel": _PANEL},
-    "cluster_url": {"help": "Run on an existing Redis Cluster (any node's URL).",
-                    "rich_help_panel": _PANEL},
-}
-
-
-class _Common:
-    """The options every ``run`` command shares."""
-
-    PARAMS = [
-        ("as_json", bool, typer.Option(False, "--json",
-                                       help="Print the result as one JSON object.")),
-        ("markdown", bool, typer.Option(False, "--markdown", help="Print Markdown.")),
-        ("seed", int, typer.Option(42, help="Seed of every workload and of the shop data.")),
-        ("db_latency_ms", float, typer.Option(1.0, min=0, max=1000,
-                                              help="Modelled network round trip per query.")),
-        ("scale", float, typer.Option(1.0, min=0.01, max=100,
-                                      help="Size of the shop database (1.0: 1000 users).")),
-        ("redis_server", str | None, typer.Option(None, help="redis-server binary to run.")),
-        ("backend", Backend, typer.Option("local", help="Run Redis as local processes, or "
-                                          "as Docker containers of --image.")),
-        ("image", str, typer.Option("redis:7", help="Image of --backend docker (a Valkey "
-                                    "image works too).")),
-        *((name, str | None, typer.Option(None, **option))
-          for name, option in _TARGET_OPTIONS.items()),
-        ("results", Path | None, typer.Option(None, help="Results store file.")),
-        ("no_save", bool, typer.Option(False, "--no-save", help="Do not save the run.")),
-        ("debug", bool, typer.Option(False, "--debug", help="Show tracebacks.")),
-    ]
-    NAMES = {name for name, _, _ in PARAMS}
-
-    def __init__(self, values: dict[str, Any]) -> None:
-        from cachelab.deployment.target import parse_target
-        from cachelab.lab import LabSettings
-
-        self.as_json: bool = values["as_json"]
-        self.markdown: bool = values["markdown"]
-        self.no_save: bool = values["no_save"]
-        self.debug: bool = values["debug"]
-        self.results: Path | None = values["results"]
-        self.settings = LabSettings(seed=values["seed"], db_latency_ms=values["db_latency_ms"],
-                                    scale=values["scale"], redis_server=values["redis_server"],
-                                    backend=values["backend"], image=values["image"],
-                                    target=parse_target(values["redis_url"], values["sentinel"],
-                                                        values["service"],
-                                                        values["cluster_url"]))
-        if self.settings.target is not None and self.settings.backend != "local":
-            raise UsageError(f"{self.settings.target.flag} runs on servers that already "
-                             "exist; leave out --backend")
-
-    @classmethod
-    def split(cls, kwargs: dict[str, Any]) -> tuple[_Common, dict[str, Any]]:
-        common = {k: kwargs.pop(k) for k in list(kwargs) if k in cls.NAMES}
-        return cls(common), kwargs
-
-    @classmethod
-    def parameters(cls) -> list[inspect.Parameter]:
-        return [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default,
-                                  annotation=kind) for name, kind, default in cls.PARAMS]
-
-
-def _interactive(common: _Common) -> bool:
+def _interactive(shared: SharedValues) -> bool:
     """Live output only on a terminal, never on a pipe or with --json/--markdown."""
-    return not (common.as_json or common.markdown) and sys.stdout.isatty()
+    return not (shared.as_json or shared.markdown) and sys.stdout.isatty()
 
 
-def _live_factory(common: _Common) -> Any:
+def _live_factory(shared: SharedValues) -> Any:
     """A rich Live table of an exercise's snapshot, refreshed four times a second."""
-    if not _interactive(common):
+    if not _interactive(shared):
         return None
     from rich.live import Live
     from rich.table import Table
@@ -311,9 +277,9 @@ def _live_factory(common: _Common) -> Any:
     return live
 
 
-def _progress_factory(common: _Common) -> Any:
+def _progress_factory(shared: SharedValues) -> Any:
     """A rich progress bar on a terminal; nothing on a pipe or with --json."""
-    if not _interactive(common):
+    if not _interactive(shared):
         return None
     from rich.progress import Progress
 
@@ -326,24 +292,22 @@ def _progress_factory(common: _Common) -> Any:
     return progress
 
 
-def _save(common: _Common, record: dict[str, Any]) -> None:
-    if common.no_save:
+def _save(shared: SharedValues, record: RunRecord) -> None:
+    if shared.no_save:
         return
-    from cachelab.store import ResultsStore
-
     try:
-        ResultsStore(common.results).save(record)
+        _store(shared.results).save(record)
     except StoreError as exc:
         _err(f"Warning: run {record['run_id']} was not saved: {exc} "
              "(use --results PATH or --no-save)")
 
 
-def _print(common: _Common, record: dict[str, Any]) -> None:
-    if common.markdown:
+def _print(shared: SharedValues, record: RunRecord) -> None:
+    if shared.markdown:
         from cachelab.render import to_markdown
 
         typer.echo(to_markdown(record))
-    elif not common.as_json:
+    elif not shared.as_json:
         from rich.console import Console
 
         from cachelab.render import print_record
@@ -362,59 +326,60 @@ def _note_leftovers() -> None:
              "'cachelab doctor --clean' removes them.")
 
 
-def _run_one(exercise: Exercise, common: _Common, given: dict[str, Any]) -> dict[str, Any]:
+def _run_one(exercise: Exercise, shared: SharedValues, settings: LabSettings,
+             given: dict[str, Any]) -> RunRecord:
     from cachelab.runner import run_exercise
 
-    record = run_exercise(exercise, given, common.settings, progress=_progress_factory(common),
-                          live=_live_factory(common)).to_dict()
-    _print(common, record)
-    _save(common, record)  # at once, so that a later Ctrl-C loses no finished run
+    record = run_exercise(exercise, given, settings, progress=_progress_factory(shared),
+                          live=_live_factory(shared)).to_dict()
+    _print(shared, record)
+    _save(shared, record)  # at once, so that a later Ctrl-C loses no finished run
     return record
 
 
 def _exercise_command(exercise: Exercise) -> Callable[..., None]:
-    """A Typer command whose options are the exercise's own plus the common ones."""
+    """A Typer command whose options are the exercise's own plus the shared ones."""
 
-    def command(**kwargs: Any) -> None:
-        with _reported(kwargs["debug"]):
-            common, given = _Common.split(kwargs)
+    def command(*, shared: SharedValues, **given: Any) -> None:
+        settings = shared.settings()
         _note_leftovers()
-        with _reported(common.debug):
-            record = _run_one(exercise, common, given)
-        if common.as_json:
+        record = _run_one(exercise, shared, settings, given)
+        if shared.as_json:
             typer.echo(json.dumps(record))
         raise typer.Exit(ExitCode.OK if record["verdict"] == "pass" else ExitCode.CHECK_FAILED)
 
+    taken = {option.name for option in RUN_OPTIONS}
     own = []
     for opt in exercise.options:
-        if opt.name in _Common.NAMES:
+        if opt.name in taken:
             raise CachelabError(f"{exercise.module.__file__}: option {opt.flag} clashes with "
                                 "a common option of 'cachelab run'; rename it")
         own.append(inspect.Parameter(
             opt.name, inspect.Parameter.KEYWORD_ONLY, annotation=opt.type,
             default=typer.Option(opt.default, opt.flag, help=opt.help, min=opt.min,
                                  max=opt.max, rich_help_panel="Exercise options")))
-    command.__signature__ = inspect.Signature(own + _Common.parameters())  # type: ignore[attr-defined]
+    command.__signature__ = inspect.Signature(own)  # type: ignore[attr-defined]
     info = exercise.info
     command.__doc__ = (f"{info.title}. {info.concept}.\n\n{info.scenario}\n\n"
                        f"Example: cachelab run {info.id} --json")
-    return command
+    return shared_options(*RUN_OPTIONS)(command)
 
 
-def _run_all(**kwargs: Any) -> None:
+@run_app.command("all")
+@shared_options(*RUN_OPTIONS)
+def run_all(*, shared: SharedValues) -> None:
     """Run every exercise with its defaults, one after another, then a summary.
 
     Goes on after a failed check, or after an exercise whose servers would not start.
     Example: cachelab run all --json
     """
-    with _reported(kwargs["debug"]):
-        common, _ = _Common.split(kwargs)
+    settings = shared.settings()
     _note_leftovers()
-    records: list[dict[str, Any]] = []
+    records: list[RunRecord] = []
     headlines: list[str] = []
     code = ExitCode.OK
     chosen = list(exercises())
-    target = common.settings.target
+    target = settings.target
     if target is not None:
         skipped = [e.info.id for e in chosen if e.info.own_servers]
         chosen = [e for e in chosen if not e.info.own_servers]
@@ -422,23 +387,22 @@ def _run_all(**kwargs: Any) -> None:
              "cachelab starts ('cachelab show N' says why).")
     from cachelab.deployment.target import DeploymentUnreachable
 
-    with _reported(common.debug):
-        for exercise in chosen:
-            try:
-                record = _run_one(exercise, common, {})
-            except (RedisServerNotFound, DeploymentUnreachable):
-                raise  # nothing else could run either
-            except CachelabError as exc:
-                _err(f"Error: {exercise.info.id}: {exc}")
-                code = ExitCode.ENVIRONMENT
-                continue
-            records.append(record)
-            headlines.append(exercise.info.headline)
-            if record["verdict"] != "pass":
-                code = max(code, ExitCode.CHECK_FAILED)
-    if common.as_json:
+    for exercise in chosen:
+        try:
+            record = _run_one(exercise, shared, settings, {})
+        except (RedisServerNotFound, DeploymentUnreachable):
+            raise  # nothing else could run either
+        except CachelabError as exc:
+            _err(f"Error: {exercise.info.id}: {exc}")
+            code = ExitCode.ENVIRONMENT
+            continue
+        records.append(record)
+        headlines.append(exercise.info.headline)
+        if record["verdict"] != "pass":
+            code = max(code, ExitCode.CHECK_FAILED)
+    if shared.as_json:
         typer.echo(json.dumps(records))
-    elif not common.markdown:
+    elif not shared.markdown:
         from rich.console import Console
 
         from cachelab.render import summary_table
@@ -447,20 +411,15 @@ def _run_all(**kwargs: Any) -> None:
     raise typer.Exit(code)
 
 
-_run_all.__signature__ = inspect.Signature(_Common.parameters())  # type: ignore[attr-defined]
-run_app.command("all")(_run_all)
-
-
 # ---------------------------------------------------------------- runs, compare, report
 
 runs_app = typer.Typer(help="The saved runs: list, show, delete, prune.",
                        invoke_without_command=True)
 app.add_typer(runs_app, name="runs")
-ResultsOption = Annotated[Path | None, typer.Option("--results", help="Results store file.")]
 FIRST_RUN_HINT = "make a first run with: cachelab run exercise-1"
 
 
-def _store(results: Path | None) -> Any:
+def _store(results: Path | None) -> ResultsStore:
     from cachelab.store import ResultsStore
 
     return ResultsStore(results)
@@ -476,12 +435,12 @@ def _print_table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
 
 
 @runs_app.callback()
+@shared_options(JSON, RESULTS)
 def runs(
     ctx: typer.Context,
     exercise: Annotated[str | None, typer.Option(help="Only runs of this exercise.")] = None,
     limit: Annotated[int, typer.Option(min=1, help="Show at most this many, newest.")] = 20,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-    results: ResultsOption = None,
+    *, shared: SharedValues,
 ) -> None:
     """List the saved runs, newest last: id, exercise, time, verdict, duration, headline.
 
@@ -489,17 +448,16 @@ def runs(
     """
     if ctx.invoked_subcommand is not None:
         return
-    with _reported():
-        store = _store(results)
-        wanted = resolve(exercise).info.id if exercise else None
-        saved = store.runs(wanted)[-limit:]
+    store = _store(shared.results)
+    wanted = resolve(exercise).info.id if exercise else None
+    saved = store.runs(wanted)[-limit:]
     headlines = {e.info.id: e.info.headline for e in catalogue()}
     rows = [{"run_id": r["run_id"], "exercise": r["exercise"],
              "started_at": r["started_at"][:16].replace("T", " "),
              "verdict": r["verdict"], "duration_s": r["duration_s"],
              "headline": headlines.get(r["exercise"]),
              "value": r["metrics"].get(headlines.get(r["exercise"], ""))} for r in saved]
-    if as_json:
+    if shared.as_json:
         typer.echo(json.dumps(rows))
     elif not rows:
         _err(f"No saved runs in {store.path}; {FIRST_RUN_HINT}")
@@ -509,14 +467,15 @@ def runs(
                      [list(r.values()) for r in rows])
 
 
+RunArgument = Annotated[str, typer.Argument(help="A run id (or its start).")]
+
+
 @runs_app.command("show")
-def runs_show(run: Annotated[str, typer.Argument(help="A run id (or its start).")],
-              as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-              results: ResultsOption = None) -> None:
+@shared_options(JSON, RESULTS)
+def runs_show(run: RunArgument, *, shared: SharedValues) -> None:
     """Print a saved run again, as it was printed. Example: cachelab runs show 3fa2"""
-    with _reported():
-        record = _store(results).get(run)
-    if as_json:
+    record = _store(shared.results).get(run)
+    if shared.as_json:
         typer.echo(json.dumps(record))
     else:
         from rich.console import Console
@@ -527,40 +486,31 @@ def runs_show(run: Annotated[str, typer.Argument(help="A run id (or its start)."
 
 
 @runs_app.command("delete")
-def runs_delete(run: Annotated[str, typer.Argument(help="A run id (or its start).")],
-                results: ResultsOption = None) -> None:
+@shared_options(RESULTS)
+def runs_delete(run: RunArgument, *, shared: SharedValues) -> None:
     """Delete one saved run. Example: cachelab runs delete 3fa2"""
-    with _reported():
-        run_id = _store(results).delete(run)
+    run_id = _store(shared.results).delete(run)
     typer.echo(f"Deleted run {run_id}.")
 
 
 @runs_app.command("prune")
+@shared_options(RESULTS)
 def runs_prune(keep: Annotated[int, typer.Option(min=0, help="Runs to keep per exercise.")],
-               results: ResultsOption = None) -> None:
+               *, shared: SharedValues) -> None:
     """Keep only the newest runs of each exercise. Example: cachelab runs prune --keep 5"""
-    with _reported():
-        deleted = _store(results).prune(keep)
+    deleted = _store(shared.results).prune(keep)
     typer.echo(f"Deleted {deleted} run(s); kept the newest {keep} of each exercise.")
 
 
 @app.command()
+@shared_options(JSON, *LAB_OPTIONS, RESULTS, DEBUG)
 def compare(
     items: Annotated[list[str], typer.Argument(help="Run ids, or one exercise with --vary.")],
     vary: Annotated[str | None, typer.Option(help="NAME=V1,V2,...: run the exercise once "
                                              "per value.")] = None,
     trials: Annotated[int, typer.Option(min=1, max=50, help="Runs per value (seeds seed, "
                                         "seed+1, ...).")] = 1,
-    seed: Annotated[int, typer.Option(help="Seed of the first trial.")] = 42,
-    db_latency_ms: Annotated[float, typer.Option(min=0, max=1000, help="Modelled database "
-                                                 "round trip.")] = 1.0,
-    redis_server: Annotated[str | None, typer.Option(help="redis-server binary.")] = None,
-    redis_url: Annotated[str | None, typer.Option(**_TARGET_OPTIONS["redis_url"])] = None,
-    sentinel: Annotated[str | None, typer.Option(**_TARGET_OPTIONS["sentinel"])] = None,
-    service: Annotated[str | None, typer.Option(**_TARGET_OPTIONS["service"])] = None,
-    cluster_url: Annotated[str | None, typer.Option(**_TARGET_OPTIONS["cluster_url"])] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-    results: ResultsOption = None,
+    *, shared: SharedValues,
 ) -> None:
     """Compare saved runs side by side, or run one exercise across values of an option.
 
@@ -569,46 +519,40 @@ def compare(
     """
     from cachelab import compare as cmp
 
-    with _reported():
-        store = _store(results)
-        if vary is None:
-            if len(items) < 2:
-                raise UsageError("give two or more run ids (see 'cachelab runs'), or one "
-                                 "exercise with --vary NAME=V1,V2")
-            comparison = cmp.compare_records([store.get(ref) for ref in items])
+    store = _store(shared.results)
+    if vary is not None:
+        if len(items) != 1:
+            raise UsageError("--vary takes exactly one exercise")
+        exercise = resolve(items[0])
+        option, values = cmp.parse_vary(exercise, vary)
+        settings = shared.settings()
+        from cachelab.runner import run_exercise
+
+        def one(given: dict[str, Any], trial: int) -> RunRecord:
+            trial_settings = replace(settings, seed=settings.seed + trial)
+            record = run_exercise(exercise, given, trial_settings).to_dict()
+            store.save(record)
+            return record
+
+        columns, rows = cmp.vary(option, values, trials, one).rows()
+        if shared.as_json:
+            typer.echo(json.dumps({"columns": columns, "rows": rows}))
         else:
-            if len(items) != 1:
-                raise UsageError("--vary takes exactly one exercise")
-            exercise = resolve(items[0])
-            option, values = cmp.parse_vary(exercise, vary)
-            from cachelab.deployment.target import parse_target
-            from cachelab.lab import LabSettings
-            from cachelab.runner import run_exercise
-
-            target = parse_target(redis_url, sentinel, service, cluster_url)
-
-            def one(given: dict[str, Any], trial: int) -> dict[str, Any]:
-                settings = LabSettings(seed=seed + trial, db_latency_ms=db_latency_ms,
-                                       redis_server=redis_server, target=target)
-                record = run_exercise(exercise, given, settings).to_dict()
-                store.save(record)
-                return record
-
-            columns, rows = cmp.vary(option, values, trials, one).rows()
-            if as_json:
-                typer.echo(json.dumps({"columns": columns, "rows": rows}))
-            else:
-                _print_table(f"{exercise.info.id} by {option}"
-                             + (f" (median and min–max of {trials} trials)" if trials > 1
-                                else ""), columns, rows)
-            return
+            _print_table(f"{exercise.info.id} by {option}"
+                         + (f" (median and min–max of {trials} trials)" if trials > 1
+                            else ""), columns, rows)
+        return
+    if len(items) < 2:
+        raise UsageError("give two or more run ids (see 'cachelab runs'), or one "
+                         "exercise with --vary NAME=V1,V2")
+    comparison = cmp.compare_records([store.get(ref) for ref in items])
     sections = [("Metrics", comparison.metric_columns, comparison.metric_rows),
                 ("Parameters that differ", ["parameter", *comparison.run_ids],
                  comparison.param_rows),
                 ("Checks that differ", ["check", *comparison.run_ids], comparison.check_rows),
                 ("Environment that differs", ["", *comparison.run_ids],
                  comparison.environment_rows)]
-    if as_json:
+    if shared.as_json:
         typer.echo(json.dumps({title: {"columns": columns, "rows": rows}
                                for title, columns, rows in sections}))
         return
@@ -617,6 +561,7 @@ def compare(
 
 
 @app.command()
+@shared_options(RESULTS)
 def report(
     runs: Annotated[list[str] | None, typer.Argument(help="Run ids; default: the latest "
                                                      "run of every exercise.")] = None,
@@ -624,7 +569,7 @@ def report(
         "--format", help="markdown or html.")] = "markdown",
     output: Annotated[Path | None, typer.Option("-o", "--output", help="Write to this file "
                                                 "instead of stdout.")] = None,
-    results: ResultsOption = None,
+    *, shared: SharedValues,
 ) -> None:
     """Write a report of saved runs: parameters, verdict, checks, metrics, charts.
 
@@ -632,19 +577,18 @@ def report(
     """
     from cachelab.report import html_report, markdown_report
 
-    with _reported():
-        store = _store(results)
-        records = [store.get(ref) for ref in runs] if runs else store.latest_per_exercise()
-        if not records:
-            raise UsageError(f"No saved runs in {store.path} to report; {FIRST_RUN_HINT}")
-        text = html_report(records) if format == "html" else markdown_report(records)
-        if output is None:
-            typer.echo(text)
-            return
-        try:
-            output.write_text(text)
-        except OSError as exc:
-            raise UsageError(f"cannot write {output}: {exc.strerror}") from None
+    store = _store(shared.results)
+    records = [store.get(ref) for ref in runs] if runs else store.latest_per_exercise()
+    if not records:
+        raise UsageError(f"No saved runs in {store.path} to report; {FIRST_RUN_HINT}")
+    text = html_report(records) if format == "html" else markdown_report(records)
+    if output is None:
+        typer.echo(text)
+        return
+    try:
+        output.write_text(text)
+    except OSError as exc:
+        raise UsageError(f"cannot write {output}: {exc.strerror}") from None
     _err(f"Wrote a report of {len(records)} run(s) to {output}")
 
 
@@ -652,22 +596,17 @@ def report(
 
 
 @app.command()
+@shared_options(*SHOP_OPTIONS, *SERVER_OPTIONS, DEBUG)
 def serve(
     port: Annotated[int, typer.Option(min=1, max=65535, help="Port on 127.0.0.1.")] = 8000,
     caching: Annotated[Literal["none", "lazy", "eager"],
                        typer.Option(help="How the API caches reads.")] = "lazy",
     ttl_s: Annotated[float, typer.Option(min=0.001, help="TTL of cached values.")] = 300.0,
-    seed: Annotated[int, typer.Option(help="Seed of the shop data.")] = 42,
-    scale: Annotated[float, typer.Option(min=0.01, max=100,
-                                         help="Size of the shop database.")] = 1.0,
-    db_latency_ms: Annotated[float, typer.Option(min=0, max=1000, help="Modelled network "
-                                                 "round trip per query.")] = 1.0,
-    redis_server: Annotated[str | None, typer.Option(help="redis-server binary to run.")] = None,
     rate_limit: Annotated[str | None, typer.Option(
         help="Limit each user (X-User-Id) or IP: ALGORITHM:LIMIT/WINDOW, e.g. "
              "token_bucket:20/1s (fixed, sliding_log, sliding_counter, token_bucket).")
     ] = None,
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+    *, shared: SharedValues,
 ) -> None:
     """Run the shop HTTP API in the foreground, with its own Redis and database.
 
@@ -679,12 +618,10 @@ def serve(
 
     Example: cachelab serve --caching eager --rate-limit token_bucket:20/1s
     """
-    from cachelab.lab import Lab, LabSettings
+    from cachelab.lab import Lab
     from cachelab.shop.server import serve as run_server
 
-    settings = LabSettings(seed=seed, db_latency_ms=db_latency_ms, scale=scale,
-                           redis_server=redis_server)
-    with _reported(debug), Lab(settings) as lab:
+    with Lab(shared.settings()) as lab:
         run_server(lab, port=port, caching=caching, ttl_s=ttl_s, announce=typer.echo,
                    rate_limit=rate_limit)
 
@@ -707,13 +644,10 @@ def _print_nodes(state: dict[str, Any], title: str) -> None:
 
 
 @lab_app.command("up")
+@shared_options(*SERVER_OPTIONS, JSON, DEBUG)
 def lab_up(
     topology: Annotated[Topology, typer.Argument(help="What to start.")],
-    redis_server: Annotated[str | None, typer.Option(help="redis-server binary to run.")] = None,
-    backend: Annotated[Backend, typer.Option(help="Local processes, or Docker containers "
-                                             "of --image.")] = "local",
-    image: Annotated[str, typer.Option(help="Image of --backend docker.")] = "redis:7",
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    *, shared: SharedValues,
 ) -> None:
     """Start a topology on 127.0.0.1 in the background and print its addresses.
 
@@ -725,10 +659,10 @@ def lab_up(
     """
     from cachelab.children import background
 
-    with _reported():
-        state = background.up(topology, redis_server=redis_server, backend=backend,
-                              image=image)
-    if as_json:
+    settings = shared.settings()
+    state = background.up(topology, redis_server=settings.redis_server,
+                          backend=settings.backend, image=settings.image)
+    if shared.as_json:
         typer.echo(json.dumps(state))
         return
     env = state["redis_server"]
@@ -740,14 +674,13 @@ def lab_up(
 
 
 @lab_app.command("status")
-def lab_status(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False
-               ) -> None:
+@shared_options(JSON)
+def lab_status(*, shared: SharedValues) -> None:
     """Show the background lab: each server's address, role now, and whether it answers."""
     from cachelab.children import background
 
-    with _reported():
-        state = background.status()
-    if as_json:
+    state = background.status()
+    if shared.as_json:
         typer.echo(json.dumps(state))
     elif state is None:
         typer.echo("No lab is up; start one with: cachelab lab up standalone")
@@ -760,8 +693,7 @@ def lab_down() -> None:
     """Stop every server of the background lab and remove its folder."""
     from cachelab.children import background
 
-    with _reported():
-        state = background.down()
+    state = background.down()
     if state is None:
         typer.echo("No lab is up; nothing to stop.")
     else:
@@ -771,155 +703,48 @@ def lab_down() -> None:
 # ---------------------------------------------------------------- doctor
 
 
-def _docker_answers() -> str:
-    """Ping the Docker engine's socket; a one-line answer either way."""
-    import socket
-
-    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
-    if not host.startswith("unix://"):
-        return f"not checked ({host} is not a local socket)"
-    path = host.removeprefix("unix://")
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(1.0)
-            sock.connect(path)
-            sock.sendall(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
-            reply = sock.recv(256).decode(errors="replace")
-    except OSError:
-        return f"no engine answers at {path}"
-    return "an engine answers" if " 200 " in reply.split("\r\n", 1)[0] else f"odd reply at {path}"
-
-
-def _docker_rows(clean: bool) -> list[tuple[str, str]]:
-    """The engine, its Redis and Valkey images, and cachelab's containers (those of
-    killed runs removed with --clean)."""
-    answer = _docker_answers()
-    rows = [("docker", answer)]
-    if answer.startswith("no engine"):
-        return rows
-    from cachelab.servers import docker_backend
-
-    try:
-        client = docker_backend.connect(timeout_s=5)
-    except CachelabError as exc:
-        return [("docker", str(exc))]
-    try:
-        rows.append(("docker images", ", ".join(docker_backend.images(client))
-                     or "none with redis or valkey in its name (--image pulls one)"))
-        found = docker_backend.cachelab_containers(client)
-        orphans = [c for c in found if c.orphaned]
-        rows.append(("docker containers",
-                     f"{len(found) - len(orphans)} of running cachelab processes, "
-                     f"{len(orphans)} of killed ones"
-                     + (" (cachelab doctor --clean removes them)" if orphans and not clean
-                        else "")))
-        for container in orphans:
-            rows.append(("", f"{container.name} ({container.status}, run pid "
-                             f"{container.owner_pid}, folder {container.folder})"))
-        if clean and orphans:
-            removed = docker_backend.remove_containers(client, orphans)
-            rows.append(("cleaned", f"{removed} container(s) of killed runs removed"))
-    finally:
-        client.close()
-    return rows
-
-
 @app.command()
+@shared_options(REDIS_SERVER, *DEPLOYMENT_OPTIONS, RESULTS, JSON, DEBUG)
 def doctor(
-    redis_server: Annotated[str | None, typer.Option(help="redis-server binary to check.")] = None,
-    results: Annotated[Path | None, typer.Option(help="Results store file.")] = None,
     clean: Annotated[bool, typer.Option("--clean", help="Stop the servers (and remove the "
                                         "containers) of killed runs and remove their "
                                         "folders; on a deployment, delete their keys.")
                      ] = False,
-    redis_url: Annotated[str | None, typer.Option(**_TARGET_OPTIONS["redis_url"])] = None,
-    sentinel: Annotated[str | None, typer.Option(**_TARGET_OPTIONS["sentinel"])] = None,
-    service: Annotated[str | None, typer.Option(**_TARGET_OPTIONS["service"])] = None,
-    cluster_url: Annotated[str | None, typer.Option(**_TARGET_OPTIONS["cluster_url"])] = None,
+    *, shared: SharedValues,
 ) -> None:
-    """Show what cachelab would run on: Python, redis-server, results store, Docker (does
-    an engine answer, which Redis images it has), and what killed runs left behind; given
+    """Show what cachelab would run on, and what killed runs left behind.
+
+    Python, redis-server, the results store, Docker (does an engine answer,
+    which Redis images it has), folders and containers of killed runs; given
     an existing deployment, whether it answers and which runs' keys it holds.
 
-    Exits 3 when no usable redis-server is found, or the deployment does not answer.
-    Examples: cachelab doctor --clean; cachelab doctor --redis-url redis://host:6379 --clean
+    Exits 3 when no usable redis-server is found, or the deployment does not
+    answer; --json prints one JSON object either way.
+
+    Examples: cachelab doctor --clean;
+    cachelab doctor --redis-url redis://host:6379 --clean
     """
-    import platform
+    from cachelab.doctor import DoctorRequest, examine
 
-    from cachelab.servers import leftovers
-    from cachelab.servers.redis_binary import find_redis_server
-    from cachelab.servers.spawn import DIES_WITH_PARENT
-    from cachelab.store import default_store_path
-
-    rows = [("cachelab", __version__),
-            ("python", f"{platform.python_version()} ({sys.executable})")]
-    problem: CachelabError | None = None
-    try:
-        binary = find_redis_server(redis_server)
-        rows.append(("redis-server", f"{binary.version} at {binary.path} ({binary.source})"))
-    except CachelabError as exc:
-        problem = exc
-        rows.append(("redis-server", "none usable"))
-    rows.append(("results store", str(results or default_store_path())))
-    rows += _docker_rows(clean)  # before the folders: a container may still mount one
-    from cachelab.children import background
-
-    up = background.status()
-    rows.append(("background lab", "none" if up is None else
-                 f"{up['kind']} up since {up['started_at']} (cachelab lab down stops it)"))
-    rows.append(("killed runs", ("their servers die with them (parent-death signal)"
-                                 if DIES_WITH_PARENT else "their servers may outlive them: "
-                                 "see leftovers") + "; docker containers outlive them"))
-    found = leftovers.find_leftovers()
-    rows.append(("leftovers", f"{len(found)} folder(s) of killed runs, "
-                 f"{sum(len(f.pids) for f in found)} server(s) still running"
-                 + (" (cachelab doctor --clean removes them)" if found and not clean else "")))
-    for leftover in found:
-        rows.append(("", f"{leftover.folder} (run pid {leftover.owner_pid}, servers "
-                         f"{', '.join(map(str, leftover.pids)) or 'none'})"))
-        if clean:
-            leftovers.clean(leftover)
-    if clean and found:
-        rows.append(("cleaned", f"{len(found)} folder(s) removed"))
-    if redis_url or sentinel or service or cluster_url:
-        try:
-            rows += _deployment_rows(redis_url, sentinel, service, cluster_url, clean)
-        except CachelabError as exc:
-            problem = problem or exc
-    width = max(len(name) for name, _ in rows)
-    for name, value in rows:
-        typer.echo(f"{name:<{width}}  {value}")
-    if problem is not None:
-        _err(f"Error: {problem}")
-        raise typer.Exit(problem.exit_code)
+    report = examine(DoctorRequest(redis_server=shared.redis_server, results=shared.results,
+                                   target=shared.target(), clean=clean))
+    if shared.as_json:
+        typer.echo(json.dumps(report.to_dict()))
+    else:
+        rows = report.rows()
+        width = max(len(name) for name, _ in rows)
+        for name, value in rows:
+            typer.echo(f"{name:<{width}}  {value}")
+    if report.problem is not None:
+        raise report.problem
 
 
-def _deployment_rows(redis_url: str | None, sentinel: str | None, service: str | None,
-                     cluster_url: str | None, clean: bool) -> list[tuple[str, str]]:
-    """An existing deployment: does it answer, and the keys cachelab runs have there
-    (a killed run cannot delete its own; --clean deletes those, and only those)."""
-    from cachelab.deployment.survey import remove, survey
-    from cachelab.deployment.target import parse_target
-
-    target = parse_target(redis_url, sentinel, service, cluster_url)
-    assert target is not None
-    version, runs = survey(target)
-    orphans = [run for run in runs if run.orphaned]
-    rows = [("deployment", f"Redis {version} at {target.display}"),
-            ("runs' keys", f"{len(runs)} run(s), {sum(r.keys for r in runs)} key(s); "
-             f"{len(orphans)} run(s) killed"
-             + (" (cachelab doctor --clean deletes their keys)" if orphans and not clean
-                else ""))]
-    rows += [("", run.describe()) for run in runs]
-    if clean and orphans:
-        deleted = sum(remove(target, run) for run in orphans)
-        rows.append(("cleaned", f"{deleted} key(s) of {len(orphans)} killed run(s) deleted"))
-    return rows
+# ---------------------------------------------------------------- signals and entry point
 
 
 def _interrupt(signum: int, frame: Any) -> None:
-    """Ctrl-C and SIGTERM raise KeyboardInterrupt, so the lab tears down; but not where
-    Python mishandles it, so the signal comes again a moment later instead:
+    """Ctrl-C and SIGTERM raise Interrupted (a KeyboardInterrupt), so the lab tears down;
+    but not where Python mishandles it, so the signal comes again a moment later instead:
     - inside a finalizer (a dropped redis-py pool's ``__del__``), Python prints it,
       swallows it, and the run goes on to exit 0;
     - inside an import, the run tears down but the process then ends killed by SIGINT
@@ -930,11 +755,11 @@ def _interrupt(signum: int, frame: Any) -> None:
             threading.Timer(0.01, os.kill, (os.getpid(), signum)).start()
             return
         frame = frame.f_back
-    raise KeyboardInterrupt
+    raise Interrupted(signum)
 
 
 def main() -> None:
-    """Console-script entry point: SIGTERM tears down like Ctrl-C does."""
+    """Console-script entry point: SIGTERM tears down like Ctrl-C does, and exits 143."""
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
     app()

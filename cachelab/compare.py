@@ -6,9 +6,10 @@ import statistics
 import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from cachelab.errors import UsageError
+from cachelab.record import RunRecord
 from cachelab.registry import Exercise
 
 
@@ -30,7 +31,8 @@ class Comparison:
         return columns
 
 
-def _differing(records: Sequence[dict[str, Any]], section: str) -> list[list[Any]]:
+def _differing(records: Sequence[RunRecord], section: Literal["params", "environment"]
+               ) -> list[list[Any]]:
     names = sorted({name for r in records for name in r.get(section, {})})
     rows = []
     for name in names:
@@ -40,7 +42,7 @@ def _differing(records: Sequence[dict[str, Any]], section: str) -> list[list[Any
     return rows
 
 
-def compare_records(records: Sequence[dict[str, Any]]) -> Comparison:
+def compare_records(records: Sequence[RunRecord]) -> Comparison:
     """Metrics of every run, with the change from the first; what else differs."""
     comparison = Comparison([r["run_id"] for r in records])
     first = records[0]["metrics"]
@@ -107,7 +109,7 @@ class Variation:
 
     option: str
     values: list[Any]
-    records: dict[Any, list[dict[str, Any]]]
+    records: dict[Any, list[RunRecord]]
 
     def rows(self) -> tuple[list[str], list[list[Any]]]:
         """Metric rows; a cell is the median, with ``min–max`` when there were trials."""
@@ -133,9 +135,9 @@ class Variation:
 
 
 def vary(option: str, values: Sequence[Any], trials: int,
-         run: Callable[[dict[str, Any], int], dict[str, Any]]) -> Variation:
+         run: Callable[[dict[str, Any], int], RunRecord]) -> Variation:
     """Run once per value and trial through ``run(given, trial)``; trials differ by seed."""
-    records: dict[Any, list[dict[str, Any]]] = {}
+    records: dict[Any, list[RunRecord]] = {}
     for value in values:
         records[value] = [run({option: value}, trial) for trial in range(trials)]
     return Variation(option, list(values), records)

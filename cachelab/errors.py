@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from enum import IntEnum
 
 
@@ -12,7 +13,11 @@ class ExitCode(IntEnum):
     CHECK_FAILED = 1
     USAGE = 2
     ENVIRONMENT = 3
-    INTERRUPTED = 130
+    #: sysexits' EX_SOFTWARE: an exception cachelab did not expect, a bug to report.
+    BUG = 70
+    #: 128 + the signal's number, as shells report a process a signal ended.
+    INTERRUPTED = 130  # SIGINT, Ctrl-C
+    TERMINATED = 143  # SIGTERM
 
 
 class CachelabError(Exception):
@@ -55,3 +60,16 @@ class ServerStartError(EnvironmentProblem):
 
 class StoreError(CachelabError):
     """The results store could not be read or written."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM: a KeyboardInterrupt, so that every lab tears down on its way out,
+    that remembers which signal it was for the exit code."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> ExitCode:
+        return ExitCode.TERMINATED if self.signum == signal.SIGTERM else ExitCode.INTERRUPTED

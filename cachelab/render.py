@@ -1,4 +1,4 @@
-"""Turn run records (the dicts ``--json`` prints) into rich tables and Markdown."""
+"""Turn run records (as ``--json`` prints them) into rich tables and Markdown."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from rich.console import Console, Group
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
+
+from cachelab.record import ChartRecord, RunRecord
 
 
 def fmt(value: Any) -> str:
@@ -27,7 +29,7 @@ def fmt(value: Any) -> str:
     return str(value)
 
 
-def environment_line(record: dict[str, Any]) -> str:
+def environment_line(record: RunRecord) -> str:
     env, params = record["environment"], record["params"]
     redis = (f"redis-server {env['redis_version']} ({env.get('redis_source', '?')})"
              if "redis_version" in env else "no redis-server")
@@ -60,7 +62,7 @@ BAR_WIDTH = 40
 _SERIES_STYLES = ("cyan", "magenta", "yellow", "green", "blue", "red")
 
 
-def chart_renderable(chart: dict[str, Any]) -> Table:
+def chart_renderable(chart: ChartRecord) -> Table:
     """Horizontal bars, one row per x and one bar per series, scaled to the largest value."""
     values = [v for series in chart["series"].values() for v in series]
     top = max((abs(v) for v in values), default=0) or 1
@@ -81,7 +83,7 @@ def chart_renderable(chart: dict[str, Any]) -> Table:
     return table
 
 
-def record_renderable(record: dict[str, Any]) -> Group:
+def record_renderable(record: RunRecord) -> Group:
     """The whole terminal view of one run."""
     parts: list[Any] = [
         Text.assemble((f"{record['exercise']} ", "bold cyan"), (record["title"], "bold")),
@@ -108,11 +110,11 @@ def record_renderable(record: dict[str, Any]) -> Group:
     return Group(*parts)
 
 
-def print_record(console: Console, record: dict[str, Any]) -> None:
+def print_record(console: Console, record: RunRecord) -> None:
     console.print(Panel(record_renderable(record), box=box.ROUNDED, expand=False))
 
 
-def summary_table(records: Sequence[dict[str, Any]], headlines: Sequence[str]) -> Table:
+def summary_table(records: Sequence[RunRecord], headlines: Sequence[str]) -> Table:
     """One row per run of ``run all``: verdict, duration and the headline metric."""
     table = Table(title="Summary", title_justify="left", box=box.SIMPLE_HEAD, title_style="bold")
     for column in ("exercise", "verdict", "duration", "headline metric"):
@@ -128,7 +130,7 @@ def summary_table(records: Sequence[dict[str, Any]], headlines: Sequence[str]) -
     return table
 
 
-def to_markdown(record: dict[str, Any]) -> str:
+def to_markdown(record: RunRecord) -> str:
     """One run as Markdown, tables by tabulate."""
     from tabulate import tabulate
 

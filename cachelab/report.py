@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import html
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
 from cachelab import __version__
+from cachelab.record import RunRecord
 from cachelab.render import environment_line, fmt, to_markdown
 
 LATENCY_SERIES = ("p50 ms", "p95 ms", "p99 ms")
 
 
-def markdown_report(records: Sequence[dict[str, Any]]) -> str:
+def markdown_report(records: Sequence[RunRecord]) -> str:
     head = [f"# cachelab report ({len(records)} run{'s' * (len(records) != 1)})", "",
             f"Made by cachelab {__version__} on "
             f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.", ""]
@@ -35,7 +36,7 @@ def _style() -> Any:
     return CleanStyle
 
 
-def _charts(record: dict[str, Any]) -> list[str]:
+def _charts(record: RunRecord) -> list[str]:
     """SVG charts: the run's own charts, and every latency table as grouped bars."""
     import pygal
 
@@ -65,7 +66,7 @@ def _cell(value: Any) -> str:
     return f"<td{' class=num' if number else ''}>{html.escape(fmt(value))}</td>"
 
 
-def _table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+def _table(columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
     body = "".join("<tr>" + "".join(_cell(v) for v in row) + "</tr>" for row in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
@@ -82,7 +83,7 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; }
 """
 
 
-def html_report(records: Sequence[dict[str, Any]]) -> str:
+def html_report(records: Sequence[RunRecord]) -> str:
     """One self-contained page: inline CSS and SVG, nothing fetched from anywhere."""
     sections = []
     for record in records:

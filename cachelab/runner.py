@@ -13,11 +13,12 @@ from cachelab import __version__
 from cachelab.errors import UsageError
 from cachelab.exercise import Result
 from cachelab.lab import Lab, LabSettings, LiveFactory, ProgressFactory
+from cachelab.record import RunRecord
 from cachelab.registry import Exercise
 
 
 @dataclass
-class RunRecord:
+class FinishedRun:
     """One finished run: the exercise, its parameters, its Result and where it ran."""
 
     exercise: Exercise
@@ -37,7 +38,8 @@ class RunRecord:
         name = self.exercise.info.headline
         return name, self.result.metrics.get(name)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> RunRecord:
+        """The run record that ``--json`` prints and the results store saves."""
         info = self.exercise.info
         result = self.result.to_dict()
         return {
@@ -68,7 +70,7 @@ def resolve_params(exercise: Exercise, given: dict[str, Any]) -> dict[str, Any]:
 def run_exercise(exercise: Exercise, given: dict[str, Any] | None = None,
                  settings: LabSettings | None = None,
                  progress: ProgressFactory | None = None,
-                 live: LiveFactory | None = None) -> RunRecord:
+                 live: LiveFactory | None = None) -> FinishedRun:
     """Run ``exercise`` with its options in a fresh Lab; every fixture is gone on return."""
     settings = settings or LabSettings()
     params = resolve_params(exercise, given or {})
@@ -86,7 +88,7 @@ def run_exercise(exercise: Exercise, given: dict[str, Any] | None = None,
     environment = {"cachelab": __version__, "python": platform.python_version(),
                    "platform": platform.platform(terse=True), **lab.environment()}
     environment["db_latency_ms"] = settings.db_latency_ms
-    return RunRecord(
+    return FinishedRun(
         exercise=exercise,
         params={**params, "seed": settings.seed, "db_latency_ms": settings.db_latency_ms,
                 "scale": settings.scale},

@@ -9,11 +9,11 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import sqlite_utils
 
 from cachelab.errors import StoreError, UsageError
+from cachelab.record import RunRecord
 
 ENV_HOME = "CACHELAB_HOME"
 #: The layout of the store, kept in SQLite's ``user_version``. Version 0 is a store
@@ -106,8 +106,8 @@ class ResultsStore:
             runs.create(_COLUMNS, pk="run_id")  # type: ignore[union-attr]
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
-    def save(self, record: dict[str, Any]) -> None:
-        """Save one run (a Result dict as ``--json`` prints it) in a single transaction."""
+    def save(self, record: RunRecord) -> None:
+        """Save one run (the record as ``--json`` prints it) in a single transaction."""
         db = self._open()
         try:
             with db.conn:
@@ -135,8 +135,8 @@ class ResultsStore:
         finally:
             db.close()
 
-    def runs(self, exercise: str | None = None) -> list[dict[str, Any]]:
-        """Saved runs as dicts, oldest first, optionally of one exercise."""
+    def runs(self, exercise: str | None = None) -> list[RunRecord]:
+        """Saved runs, oldest first, optionally of one exercise."""
         with self._reading() as db:
             if db is None:
                 return []
@@ -144,7 +144,7 @@ class ResultsStore:
             rows = db["runs"].rows_where(where, args, order_by="started_at, rowid")
             return [json.loads(row["record"]) for row in rows]
 
-    def get(self, run_ref: str) -> dict[str, Any]:
+    def get(self, run_ref: str) -> RunRecord:
         """The run whose id is ``run_ref`` or starts with it; a usage error otherwise."""
         with self._reading() as db:
             rows = [] if db is None else list(db["runs"].rows_where(
@@ -154,7 +154,8 @@ class ResultsStore:
         if len(rows) > 1:
             raise UsageError(f"Run id {run_ref!r} matches more than one run; give more of it "
                              "(see 'cachelab runs')")
-        return dict(json.loads(rows[0]["record"]))
+        record: RunRecord = json.loads(rows[0]["record"])
+        return record
 
     def delete(self, run_ref: str) -> str:
         """Delete one run; returns its full id."""
@@ -178,9 +179,9 @@ class ResultsStore:
                     "ROW_NUMBER() OVER (PARTITION BY exercise ORDER BY started_at DESC, "
                     "rowid DESC) AS age FROM runs) WHERE age > ?)", [keep]).rowcount
 
-    def latest_per_exercise(self) -> list[dict[str, Any]]:
+    def latest_per_exercise(self) -> list[RunRecord]:
         """The newest run of every exercise, in exercise order."""
-        latest: dict[str, dict[str, Any]] = {}
+        latest: dict[str, RunRecord] = {}
         for record in self.runs():
             latest[record["exercise"]] = record
         return sorted(latest.values(), key=lambda r: int(r["exercise"].rsplit("-", 1)[1]))

@@ -9,14 +9,18 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
+import typer
+from typer.main import get_command
 from typer.testing import CliRunner
 
 from cachelab.cli import app
+from cachelab.errors import ExitCode, Interrupted
 from cachelab.exercise import ExerciseInfo, Result
-from cachelab.lab import Lab
+from cachelab.lab import Lab, LabSettings
 from cachelab.registry import Exercise, exercises, load_exercise
 from cachelab.store import ResultsStore, default_store_path
 
@@ -187,9 +191,13 @@ def _redis_descendants(pid: int) -> list[psutil.Process]:
     return [c for c in children if "redis-server" in c.name()]
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_interrupt_stops_every_server(sig: signal.Signals, tmp_path: Path) -> None:
-    """Ctrl-C (or SIGTERM) mid-run: exit 130, no redis-server left, no lab folder left."""
+@pytest.mark.parametrize(("sig", "code", "line"), [
+    (signal.SIGINT, 130, "Interrupted: every server this run started has been stopped.\n"),
+    (signal.SIGTERM, 143, "Terminated: every server this run started has been stopped.\n"),
+])
+def test_interrupt_stops_every_server(sig: signal.Signals, code: int, line: str,
+                                      tmp_path: Path) -> None:
+    """Ctrl-C (130) or SIGTERM (143) mid-run: no redis-server left, no lab folder left."""
     env = {**os.environ, "TMPDIR": str(tmp_path)}
     process = _cachelab("run", "3", "--operations", "10000000", "--no-save", env=env)
     deadline = time.monotonic() + 60
@@ -201,8 +209,8 @@ def test_interrupt_stops_every_server(sig: signal.Signals, tmp_path: Path) -> No
     time.sleep(0.5)  # let it get into the workload
     process.send_signal(sig)
     _, err = process.communicate(timeout=30)
-    assert process.returncode == 130
-    assert "Interrupted" in err
+    assert process.returncode == code
+    assert err == line
     gone, alive = psutil.wait_procs(servers, timeout=5)
     assert not alive
     assert not list(tmp_path.glob("cachelab-run-*"))
@@ -252,19 +260,49 @@ def test_run_all_goes_on_after_failures(monkeypatch: pytest.MonkeyPatch) -> None
         "exercise-98", "exercise-1"]
 
 
-def test_unexpected_error_is_one_line_unless_debug(monkeypatch: pytest.MonkeyPatch) -> None:
-    def broken(lab: Lab) -> Result:
-        raise ZeroDivisionError("a bug")
+BUG_LINE = ("Error: RuntimeError: a bug. This is a bug in cachelab: please report it with "
+            "the command you ran and the traceback that --debug shows.\n")
 
-    lineup = (_exercise(96, broken),)
-    monkeypatch.setattr("cachelab.registry.exercises", lambda: lineup)
-    monkeypatch.setattr("cachelab.cli.exercises", lambda: lineup)
-    result = invoke(["run", "all"])
-    assert result.exit_code == 1
-    assert result.stderr == ("Error: ZeroDivisionError: a bug (rerun with --debug for the "
-                             "traceback)\n")
-    result = invoke(["run", "all", "--debug"])
-    assert isinstance(result.exception, ZeroDivisionError)
+
+def _broken(lab: Lab) -> Result:
+    lab.redis().set("before", "the bug")
+    raise RuntimeError("a bug")
+
+
+@pytest.mark.parametrize("args", [["run", "96"], ["run", "all"]])
+def test_a_bug_exits_70_with_one_line_and_the_traceback_only_with_debug(
+        args: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    broken = _exercise(96, _broken)  # its server started: the leak check sees it stopped
+    monkeypatch.setattr("cachelab.cli.resolve", lambda name: broken)
+    monkeypatch.setattr("cachelab.cli.exercises", lambda: (broken,))
+    result = invoke(args)
+    assert result.exit_code == ExitCode.BUG == 70
+    assert result.stderr == BUG_LINE
+
+    for debug in ([*args, "--debug"], ["--debug", *args]):
+        result = invoke(debug)
+        assert result.exit_code == 70
+        *traceback, line = result.stderr.splitlines(keepends=True)
+        assert traceback[0] == "Traceback (most recent call last):\n"
+        assert '    raise RuntimeError("a bug")\n' in traceback
+        assert traceback[-1] == "RuntimeError: a bug\n"
+        assert line == BUG_LINE
+
+
+def test_an_error_of_cachelab_shows_its_traceback_with_debug() -> None:
+    result = invoke(["run", "1", "--redis-server", "/nonexistent/redis-server", "--debug"])
+    assert result.exit_code == 3
+    *traceback, line = result.stderr.splitlines(keepends=True)
+    assert traceback[0] == "Traceback (most recent call last):\n"
+    assert traceback[-1].startswith("cachelab.errors.RedisServerNotFound: /nonexistent/")
+    assert line.startswith("Error: /nonexistent/redis-server (from --redis-server) is not")
+
+
+def test_no_command_prints_the_help_and_no_error_line() -> None:
+    result = invoke([])
+    assert result.exit_code == 2
+    assert "Usage: cachelab" in result.stdout
+    assert result.stderr == ""
 
 
 @pytest.mark.parametrize("exercise", exercises(), ids=lambda e: e.info.id)
@@ -294,7 +332,86 @@ def test_an_interrupt_inside_a_finalizer_comes_again_once_it_returned() -> None:
         while not seen and time.monotonic() < deadline:
             time.sleep(0.01)
         assert seen == [signal.SIGUSR1]
-        with pytest.raises(KeyboardInterrupt):  # anywhere else it interrupts at once
-            _interrupt(signal.SIGINT, sys._getframe())
+        for sig, code in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
+            with pytest.raises(Interrupted) as raised:  # anywhere else it interrupts at once
+                _interrupt(sig, sys._getframe())
+            assert isinstance(raised.value, KeyboardInterrupt)  # every lab tears down
+            assert raised.value.exit_code == code
     finally:
         signal.signal(signal.SIGUSR1, previous)
+
+
+# ---------------------------------------------------------------- shared options
+
+
+def _command(*path: str) -> Any:
+    """The Click command at ``path`` (``run 1`` is built as ``cachelab run 1`` builds it)."""
+    command = get_command(app)
+    for name in path:
+        command = command.get_command(None, name)  # type: ignore[attr-defined]
+    return command
+
+
+def _options(*path: str) -> dict[str, tuple[Any, ...]]:
+    """Each option of a command: its flags, help, metavar, panel and default."""
+    command = _command(*path)
+    ctx = typer.Context(command)
+    return {p.name: (tuple(p.opts), p.help, p.metavar, getattr(p, "rich_help_panel", None),
+                     p.get_default(ctx)) for p in command.params}
+
+
+LAB_NAMES = ["seed", "db_latency_ms", "scale", "redis_server", "backend", "image",
+             "redis_url", "sentinel", "service", "cluster_url"]
+
+
+@pytest.mark.parametrize(("path", "names"), [
+    (("run", "all"), [*LAB_NAMES, "as_json", "markdown", "results", "no_save", "debug"]),
+    (("compare",), [*LAB_NAMES, "as_json", "results", "debug"]),
+    (("serve",), ["seed", "db_latency_ms", "scale", "redis_server", "backend", "image",
+                  "debug"]),
+    (("lab", "up"), ["redis_server", "backend", "image", "as_json", "debug"]),
+    (("doctor",), ["redis_server", "redis_url", "sentinel", "service", "cluster_url",
+                   "results", "as_json", "debug"]),
+], ids=" ".join)
+def test_commands_that_start_servers_share_one_definition_of_each_option(
+        path: tuple[str, ...], names: list[str]) -> None:
+    reference = _options("run", "1")
+    options = _options(*path)
+    for name in names:
+        assert options.get(name) == reference[name], name
+
+
+def test_the_lab_options_default_to_lab_settings() -> None:
+    defaults = {name: value[-1] for name, value in _options("run", "1").items()}
+    settings = LabSettings()
+    assert {name: defaults[name] for name in
+            ("seed", "db_latency_ms", "scale", "redis_server", "backend", "image")} == {
+        "seed": settings.seed, "db_latency_ms": settings.db_latency_ms,
+        "scale": settings.scale, "redis_server": None, "backend": settings.backend,
+        "image": settings.image}
+    assert "[default: redis:7]" in invoke(["run", "1", "--help"]).stdout
+
+
+def test_compare_vary_runs_with_the_lab_options() -> None:
+    result = invoke(["compare", "1", "--vary", "requests=50,60", "--trials", "2",
+                     "--seed", "7", "--scale", "0.5", "--db-latency-ms", "0", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["columns"] == ["metric", "requests=50", "requests=60"]
+    saved = ResultsStore(default_store_path()).runs()
+    assert sorted((r["params"]["requests"], r["params"]["seed"]) for r in saved) == [
+        (50, 7), (50, 8), (60, 7), (60, 8)]
+    assert {(r["params"]["scale"], r["params"]["db_latency_ms"]) for r in saved} == {(0.5, 0)}
+
+
+def test_compare_vary_takes_the_backend(monkeypatch: pytest.MonkeyPatch,
+                                        tmp_path: Path) -> None:
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/none.sock")
+    result = invoke(["compare", "1", "--vary", "requests=50,60", "--backend", "docker",
+                     "--image", "valkey/valkey:8"])
+    assert result.exit_code == 3
+    assert result.stderr.startswith("Error: ") and "--backend local" in result.stderr
+    refused = invoke(["compare", "1", "--vary", "requests=50", "--backend", "docker",
+                      "--redis-url", "redis://127.0.0.1:1"])
+    assert refused.exit_code == 2
+    assert refused.stderr == ("Error: --redis-url runs on servers that already exist; "
+                              "leave out --backend\n")

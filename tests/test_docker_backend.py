@@ -205,7 +205,7 @@ def test_a_run_stopped_by_sigterm_removes_its_own_containers(
     finally:
         run.send_signal(signal.SIGTERM)
         _, err = run.communicate(timeout=60)
-    assert run.returncode == 130, err
+    assert run.returncode == 143, err
     assert not _labelled(engine, owner_pid=str(run.pid))
 
 
