@@ -144,10 +144,14 @@ def run(
         copy_keys,
         disconnect_clients,
         snapshot,
-        used_memory_ratio,
         write_config,
     )
-    from cachelab.workload.measure import command_calls, counter_delta, keyspace_counters
+    from cachelab.workload.redis_info import (
+        command_calls,
+        counter_delta,
+        keyspace_counters,
+        used_memory_ratio,
+    )
 
     result = Result()
     memory = {"maxmemory_policy": policy}

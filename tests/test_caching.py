@@ -12,12 +12,8 @@ import redis
 
 from cachelab.caching import CacheAside, QueryCache, normalise_sql, query_key
 from cachelab.lab import Lab
-from cachelab.workload.measure import (
-    LatencyHistogram,
-    counter_delta,
-    key_sampler,
-    keyspace_counters,
-)
+from cachelab.workload.measure import LatencyHistogram, key_sampler
+from cachelab.workload.redis_info import counter_delta, keyspace_counters
 
 
 class CountingLoader:

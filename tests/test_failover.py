@@ -15,14 +15,13 @@ from cachelab.caching.failover import (
     SentinelEvents,
     SequenceWriter,
     present,
-    replication_offset,
     switched_to,
 )
 from cachelab.lab import Lab
 from cachelab.servers.redis_server import RedisServer
 from cachelab.servers.topology import ReplicaSet
 from cachelab.workload.poll import wait_until
-from cachelab.workload.redis_info import info
+from cachelab.workload.redis_info import info, replication_offset
 
 
 def address(server: RedisServer) -> tuple[str, int]:

@@ -10,16 +10,11 @@ from dataclasses import dataclass
 import pytest
 import redis
 
-from cachelab.caching.replicas import (
-    LagSampler,
-    ReplicaBalancer,
-    replication_lag_bytes,
-    replication_offsets,
-    wait_converged,
-)
+from cachelab.caching.replicas import LagSampler, ReplicaBalancer, wait_converged
 from cachelab.lab import Lab
 from cachelab.servers.topology import ReplicaSet
-from cachelab.workload.measure import balance, command_calls
+from cachelab.workload.measure import balance
+from cachelab.workload.redis_info import command_calls, replication_lag_bytes, replication_offsets
 
 
 @dataclass

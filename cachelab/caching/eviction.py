@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from cachelab.caching.simulate import LRU
+from cachelab.workload.redis_info import lru_clock, stat
 
 if TYPE_CHECKING:  # redis is imported by whoever builds the client
     import redis
@@ -52,16 +53,6 @@ def parse_policies(text: str) -> tuple[str, ...]:
     if not policies:
         raise ValueError(f"no policy given; known: {', '.join(EVICTION_POLICIES)}")
     return tuple(policies)
-
-
-def stat(client: redis.Redis, name: str, section: str = "stats") -> int:
-    """One integer field of ``INFO section``, e.g. ``evicted_keys``."""
-    return int(client.info(section)[name])
-
-
-def lru_clock(client: redis.Redis) -> int:
-    """Redis's LRU clock (``INFO server``): seconds, the stamp a key gets when touched."""
-    return stat(client, "lru_clock", "server")
 
 
 def wait_for_lru_tick(client: redis.Redis, since: int, *, timeout_s: float = 3.0) -> int:

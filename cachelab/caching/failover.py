@@ -21,6 +21,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from cachelab.workload.redis_info import replication_offset
 from cachelab.workload.threads import BackgroundWorker
 
 Address = tuple[str, int]
@@ -150,12 +151,6 @@ def present(client: redis.Redis, prefix: str, numbers: Iterable[int],
         found.update(n for n, value in zip(part, values, strict=True)
                      if value in (str(n), str(n).encode()))
     return found
-
-
-def replication_offset(client: redis.Redis) -> int:
-    """How much of the replication stream this node has applied."""
-    replication: Any = client.info("replication")
-    return int(replication.get("slave_repl_offset", replication["master_repl_offset"]))
 
 
 @dataclass

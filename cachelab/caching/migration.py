@@ -94,13 +94,7 @@ class ConfigWatcher:
         return self._address
 
 
-# ------------------------------------------------------------------------ counters
-
-
-def used_memory_ratio(client: redis.Redis) -> float:
-    """``used_memory / maxmemory`` from the server's own ``INFO memory`` (0 if unlimited)."""
-    memory: Any = client.info("memory")
-    return int(memory["used_memory"]) / int(memory["maxmemory"]) if memory["maxmemory"] else 0.0
+# ------------------------------------------------------------------------ clients
 
 
 def disconnect_clients(client: redis.Redis, name_prefix: str) -> int:

@@ -11,8 +11,8 @@ return the old value; the balancer's ``consistency`` decides what it does about 
   if ``WAIT`` returns fewer, the written keys are read from the primary for a while.
 - ``primary``: keys this client wrote are read from the primary for ``sticky_s``.
 
-The module also reads what each node says about itself: how many calls of a command
-it served (``INFO commandstats``) and how far each replica is behind (offsets in bytes).
+:class:`LagSampler` and :func:`wait_converged` watch how far each replica is behind, in
+bytes of the replication stream, as the nodes themselves report it.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
+from cachelab.workload.redis_info import replication_lag_bytes, replication_offsets
 from cachelab.workload.threads import BackgroundWorker
 
 if TYPE_CHECKING:  # redis is imported by whoever builds the clients
@@ -203,23 +204,6 @@ class ReplicaBalancer:
             while self._pinned and next(iter(self._pinned.values())) <= now:
                 self._pinned.popitem(last=False)
             return key in self._pinned
-
-
-def replication_offsets(primary: redis.Redis, replicas: Sequence[redis.Redis]
-                        ) -> tuple[int, list[int]]:
-    """The primary's ``master_repl_offset`` and each replica's applied offset, in bytes.
-
-    The primary is asked first, so a replica that catches up meanwhile only makes its
-    lag look smaller: ``primary - replica`` never overstates the lag.
-    """
-    head = int(primary.info("replication")["master_repl_offset"])
-    return head, [int(r.info("replication")["slave_repl_offset"]) for r in replicas]
-
-
-def replication_lag_bytes(primary: redis.Redis, replicas: Sequence[redis.Redis]) -> list[int]:
-    """How many bytes of the replication stream each replica has yet to apply."""
-    head, offsets = replication_offsets(primary, replicas)
-    return [max(0, head - offset) for offset in offsets]
 
 
 class LagSampler(BackgroundWorker):

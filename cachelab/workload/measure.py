@@ -1,4 +1,4 @@
-"""Measuring tools: latency histograms, seeded workloads, and Redis's own counters."""
+"""Measuring tools: latency histograms, seeded workloads, ratios and balance."""
 
 from __future__ import annotations
 
@@ -92,17 +92,6 @@ def key_sampler(
     return lambda: ids[bisect.bisect_left(cumulative, rng.random() * total)]
 
 
-def keyspace_counters(client: redis.Redis) -> dict[str, int]:
-    """Redis's own view: keyspace hits and misses, evictions and expirations."""
-    stats = client.info("stats")
-    return {name: int(stats[name]) for name in
-            ("keyspace_hits", "keyspace_misses", "evicted_keys", "expired_keys")}
-
-
-def counter_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
-    return {name: after[name] - before[name] for name in before}
-
-
 def ratio(part: float, whole: float) -> float:
     """``part / whole``, or 0.0 when there is no whole."""
     return part / whole if whole else 0.0
@@ -172,8 +161,3 @@ def balance(counts: Iterable[int]) -> tuple[float, float]:
         return 0.0, 0.0
     return max(values) / mean, min(values) / mean
 
-
-def command_calls(client: redis.Redis, commands: Iterable[str] = ("get",)) -> int:
-    """Calls of ``commands`` this node served, from its own ``INFO commandstats``."""
-    stats = client.info("commandstats")
-    return sum(int(stats.get(f"cmdstat_{c.lower()}", {}).get("calls", 0)) for c in commands)
