@@ -33,6 +33,7 @@ from cachelab.children.outbox import ListenerProcess
 from cachelab.exercise import ExerciseInfo, Opt, Result
 from cachelab.shop.database import WORDS
 from cachelab.workload.measure import LATENCY_COLUMNS, LatencyHistogram, key_sampler, latency_row
+from cachelab.workload.poll import poll_until
 
 if TYPE_CHECKING:
     from cachelab.lab import Lab
@@ -143,15 +144,6 @@ class CommentWriters:
             thread.join()
 
 
-def wait_until(condition: Callable[[], bool], timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.001)
-    return True
-
-
 def run(
     lab: Lab,
     *,
@@ -228,14 +220,17 @@ def run(
     redelivered_expected, started_at = 0, cache.progress()
     backlog_entries: set[int] = set()  # outbox ids waiting at a restart
     for k in range(kills):
-        wait_until(posted_through(2 * k + 1), timeout_s)
-        wait_until(applied_past(started_at), timeout_s)
+        poll_until(posted_through(2 * k + 1), timeout_s=timeout_s, interval_s=0.001,
+                   what="the listener's share of the stream posted", error=None)
+        poll_until(applied_past(started_at), timeout_s=timeout_s, interval_s=0.001,
+                   what="the listener applying entries", error=None)
         applied_before_kill.append(cache.progress() - started_at)
         killed_ns = time.time_ns()
         kill_codes.append(listener.kill())
         posted_at_kill.append(pool.posted)
         mark(f"listener killed (exit {kill_codes[-1]})")
-        wait_until(posted_through(2 * k + 2), timeout_s)
+        poll_until(posted_through(2 * k + 2), timeout_s=timeout_s, interval_s=0.001,
+                   what="the outage's share of the stream posted", error=None)
         progress, backlog_end = cache.progress(), outbox_last_id()
         backlogs.append(backlog_end - progress)
         backlog_entries.update(range(progress + 1, backlog_end + 1))
@@ -247,7 +242,8 @@ def run(
     all_posted = pool.join(timeout_s)
     mark("writers finished" if all_posted else f"writers stopped after {timeout_s:g}s")
     last_id = outbox_last_id()
-    drained = wait_until(lambda: cache.progress() >= last_id, timeout_s)
+    drained = bool(poll_until(lambda: cache.progress() >= last_id, timeout_s=timeout_s,
+                              interval_s=0.001, what="the outbox drained", error=None))
     mark("outbox drained" if drained else f"outbox not drained after {timeout_s:g}s")
     listener.stop()
 

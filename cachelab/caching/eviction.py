@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from cachelab.caching.simulate import LRU
+from cachelab.workload.poll import poll_until
 from cachelab.workload.redis_info import lru_clock, stat
 
 if TYPE_CHECKING:  # redis is imported by whoever builds the client
@@ -61,12 +62,12 @@ def wait_for_lru_tick(client: redis.Redis, since: int, *, timeout_s: float = 3.0
     Each server updates its clock in its own cron, up to 1/hz after the second turns,
     so a workload spread over several servers waits for each one's own tick.
     """
-    deadline = time.monotonic() + timeout_s
-    while (now := lru_clock(client)) == since:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"Redis's LRU clock stayed at {since} for {timeout_s:g}s")
-        time.sleep(0.005)
-    return now
+    def ticked() -> tuple[int] | None:
+        now = lru_clock(client)
+        return (now,) if now != since else None  # a tuple: true even when the clock is 0
+
+    return poll_until(ticked, timeout_s=timeout_s, interval_s=0.005,
+                      what=f"Redis's LRU clock to move on from {since}")[0]
 
 
 def freeze(client: redis.Redis) -> None:

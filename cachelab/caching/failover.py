@@ -21,6 +21,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from cachelab.workload.poll import poll_until
 from cachelab.workload.redis_info import replication_offset
 from cachelab.workload.threads import BackgroundWorker
 
@@ -307,14 +308,20 @@ class SentinelEvents(BackgroundWorker):
         self._pubsub = self.client.pubsub()
         self._pubsub.subscribe(*self.channels)
         # Confirmed subscriptions: nothing published after start() returns is missed.
-        confirmed, deadline = 0, self.clock() + 5
-        while confirmed < len(self.channels):
-            message = self._pubsub.get_message(timeout=0.1)
-            if message and message["type"] == "subscribe":
-                confirmed += 1
-            if self.clock() > deadline:
-                self._pubsub.close()
-                raise RuntimeError("the Sentinel did not confirm the subscriptions")
+        confirmed = 0
+
+        def all_confirmed() -> bool:
+            nonlocal confirmed
+            message = self._pubsub.get_message(timeout=0.1)  # blocks: no pause needed
+            confirmed += bool(message and message["type"] == "subscribe")
+            return confirmed == len(self.channels)
+
+        try:
+            poll_until(all_confirmed, timeout_s=5, interval_s=0, error=RuntimeError,
+                       what="the Sentinel to confirm the subscriptions")
+        except RuntimeError:
+            self._pubsub.close()
+            raise
 
     def _work(self) -> None:
         while not self._stop.is_set():

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cachelab.workload.poll import wait_until
+from cachelab.workload.poll import poll_until
 from cachelab.workload.redis_info import Node, info, replica_synced
 from cachelab.workload.threads import StartedWith
 
@@ -147,12 +147,14 @@ class ReplicationMove:
         self.started_at = time.monotonic()
         with self.target.client() as client:
             client.replicaof(self.source.host, self.source.port)
-        self._wait_applied("did not sync with")
+        self._wait_applied("in sync with")
         self.synced_at = time.monotonic()
         return self.synced_at - self.started_at
 
     def _wait_applied(self, what: str, interval_s: float = 0.01) -> None:
         """Wait until the target's link is up and its offset reached the source's, as of now."""
+        import redis
+
         goal = int(info(self.source, "replication")["master_repl_offset"])
 
         def applied() -> bool:
@@ -161,8 +163,9 @@ class ReplicationMove:
                     and not ours.get("master_sync_in_progress")
                     and int(ours.get("slave_repl_offset", -1)) >= goal)
 
-        wait_until(applied, self.timeout_s, f"{self.target.name} {what} {self.source.name}",
-                   interval_s=interval_s)
+        poll_until(applied, timeout_s=self.timeout_s, interval_s=interval_s,
+                   what=f"{self.target.name} {what} {self.source.name}",
+                   ignoring=(redis.ConnectionError, redis.TimeoutError))
 
     def cut_over(self, pause_ms: int = 30_000) -> float:
         """Pause the source's writes, let the replica catch up, promote it; seconds taken.
@@ -177,7 +180,7 @@ class ReplicationMove:
         with self.source.client() as client:
             client.execute_command("CLIENT", "PAUSE", pause_ms, "WRITE")
         # Paused, the source's offset stands still: the two offsets end up equal.
-        self._wait_applied("did not catch up with", interval_s=0.001)
+        self._wait_applied("caught up with", interval_s=0.001)
         if not replica_synced(self.source, self.target):
             raise RuntimeError(f"{self.target.name} is not in step with the paused "
                                f"{self.source.name}: did something still write to it?")

@@ -26,6 +26,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
+from cachelab.workload.poll import poll_until
 from cachelab.workload.redis_info import replication_lag_bytes, replication_offsets
 from cachelab.workload.threads import BackgroundWorker
 
@@ -236,11 +237,12 @@ class LagSampler(BackgroundWorker):
 def wait_converged(primary: redis.Redis, replicas: Sequence[redis.Redis], *,
                    timeout_s: float = 5.0, interval_s: float = 0.002) -> float | None:
     """Poll until every replica's offset equals the primary's; seconds taken, or None."""
-    start = time.monotonic()
-    while True:
+    def converged() -> bool:
         head, offsets = replication_offsets(primary, replicas)
-        if all(offset == head for offset in offsets):
-            return time.monotonic() - start
-        if time.monotonic() - start > timeout_s:
-            return None
-        time.sleep(interval_s)
+        return all(offset == head for offset in offsets)
+
+    start = time.monotonic()
+    if poll_until(converged, timeout_s=timeout_s, interval_s=interval_s,
+                  what="the replicas to converge", error=None) is None:
+        return None
+    return time.monotonic() - start

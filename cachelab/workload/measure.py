@@ -1,4 +1,4 @@
-"""Measuring tools: latency histograms, seeded workloads, ratios and balance."""
+"""Measuring tools: latency histograms, seeded key choices, ratios and balance."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Literal
+
+from cachelab.workload.poll import poll_until
 
 if TYPE_CHECKING:  # redis is imported by whoever builds the client
     import redis
@@ -109,10 +111,9 @@ def latency_row(label: str, hist: LatencyHistogram) -> list[object]:
 def wait_for_expiry(client: redis.Redis, key: str, timeout_s: float) -> float | None:
     """Poll until ``key`` is gone; seconds waited, or None if it outlived ``timeout_s``."""
     start = time.monotonic()
-    while client.exists(key):
-        if time.monotonic() - start > timeout_s:
-            return None
-        time.sleep(0.02)
+    if poll_until(lambda: not client.exists(key), timeout_s=timeout_s,
+                  what=f"{key} to expire", interval_s=0.02, error=None) is None:
+        return None
     return time.monotonic() - start
 
 
