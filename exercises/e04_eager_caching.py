@@ -33,9 +33,9 @@ from cachelab.workload.measure import (
     key_sampler,
     latency_row,
     ratio,
-    run_concurrently,
 )
 from cachelab.workload.redis_info import counter_delta, keyspace_counters
+from cachelab.workload.threads import run_concurrently
 
 if TYPE_CHECKING:
     import redis

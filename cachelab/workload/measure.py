@@ -117,42 +117,6 @@ def wait_for_expiry(client: redis.Redis, key: str, timeout_s: float) -> float | 
     return time.monotonic() - start
 
 
-def run_concurrently(task: Callable[[int], object], *, workers: int, requests: int) -> float:
-    """Run ``task(i)`` for every i in ``range(requests)`` on ``workers`` threads at once.
-
-    The threads are released together by a barrier, so that the first requests really
-    overlap (a surge, a stampede). Returns the wall-clock seconds from release to the last
-    request done. The first exception a task raises is re-raised here.
-    """
-    import threading
-
-    barrier = threading.Barrier(workers + 1)
-    next_index = itertools.count()
-    errors: list[BaseException] = []
-
-    def worker() -> None:
-        barrier.wait()
-        while not errors:
-            i = next(next_index)  # itertools.count is atomic under the GIL
-            if i >= requests:
-                return
-            try:
-                task(i)
-            except BaseException as exc:  # handed to the caller below
-                errors.append(exc)
-
-    threads = [threading.Thread(target=worker, daemon=True) for _ in range(workers)]
-    for thread in threads:
-        thread.start()
-    barrier.wait()
-    start = time.perf_counter()
-    for thread in threads:
-        thread.join()
-    if errors:
-        raise errors[0]
-    return time.perf_counter() - start
-
-
 def balance(counts: Iterable[int]) -> tuple[float, float]:
     """``max / mean`` and ``min / mean`` of per-node counts: (1.0, 1.0) is a perfect split;
     (0.0, 0.0) when nothing was counted."""
@@ -161,4 +125,3 @@ def balance(counts: Iterable[int]) -> tuple[float, float]:
     if not mean:
         return 0.0, 0.0
     return max(values) / mean, min(values) / mean
-
