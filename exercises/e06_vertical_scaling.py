@@ -32,9 +32,10 @@ from cachelab.exercise import ExerciseInfo, Opt, Result
 if TYPE_CHECKING:
     import redis
 
-    from cachelab.caching.migration import Comparison, LiveWorkload
+    from cachelab.caching.migration import Comparison
     from cachelab.lab import Lab
     from cachelab.servers.redis_server import RedisServer
+    from cachelab.workload.live import LiveWorkload
 
 INFO = ExerciseInfo(
     id="exercise-6",
@@ -136,16 +137,14 @@ def run(
                               max=10_000)] = 200,
 ) -> Result:
     from cachelab.caching.migration import (
-        CacheAddress,
-        LiveWorkload,
         ReplicationMove,
         catch_up,
         compare,
         copy_keys,
         disconnect_clients,
         snapshot,
-        write_config,
     )
+    from cachelab.workload.live import CacheAddress, LiveWorkload, write_config
     from cachelab.workload.redis_info import (
         command_calls,
         counter_delta,

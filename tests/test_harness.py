@@ -12,6 +12,7 @@ import pytest
 import redis
 
 from cachelab.errors import ExitCode, ServerStartError, WaitTimeout
+from cachelab.workload.live import StreamWriters
 from cachelab.workload.poll import poll_until
 from cachelab.workload.threads import BackgroundWorker, ThreadGroup, run_concurrently
 
@@ -178,3 +179,38 @@ def test_run_concurrently_reraises_a_task_error_and_stops_taking_requests() -> N
         run_concurrently(task, workers=2, requests=1000)
     assert len(done) < 100
     assert not any(t.name.startswith("request worker") for t in threading.enumerate())
+
+
+def test_stream_writers_post_every_item_once_and_time_each_commit() -> None:
+    ids = itertools.count(1)
+    posted: list[tuple[int, str]] = []
+    lock = threading.Lock()
+
+    def post(post_id: int, body: str) -> int:
+        with lock:
+            posted.append((post_id, body))
+            return next(ids)
+
+    stream = [(i % 3, f"comment {i}") for i in range(200)]
+    before = time.time_ns()
+    with StreamWriters(post, stream, writers=4) as writers:
+        assert writers.join(timeout_s=10)
+    assert sorted(posted) == sorted(stream)
+    assert sorted(writers.committed_ns) == list(range(1, 201))
+    assert all(before <= ns <= time.time_ns() for ns in writers.committed_ns.values())
+
+
+def test_stream_writers_raise_a_writers_error_and_stop_the_others() -> None:
+    calls = itertools.count(1)
+
+    def post(body: str) -> int:
+        n = next(calls)
+        if n == 5:
+            raise OSError("database is locked")
+        time.sleep(0.001)
+        return n
+
+    writers = StreamWriters(post, [(f"c{i}",) for i in range(10_000)], writers=3).start()
+    with pytest.raises(OSError, match="database is locked"):
+        writers.join(timeout_s=10)
+    assert writers.done and writers.posted < 1000
