@@ -58,6 +58,10 @@ class ServerStartError(EnvironmentProblem):
     """A server process did not start or did not become ready."""
 
 
+class WaitTimeout(EnvironmentProblem, TimeoutError):
+    """Something the lab polled for did not happen in time (a busy machine is slower)."""
+
+
 class StoreError(CachelabError):
     """The results store could not be read or written."""
 

@@ -20,12 +20,11 @@ from cachelab.exercise import ExerciseInfo, Opt, Result
 from cachelab.workload.measure import (
     LATENCY_COLUMNS,
     LatencyHistogram,
-    counter_delta,
     key_sampler,
-    keyspace_counters,
     latency_row,
     wait_for_expiry,
 )
+from cachelab.workload.redis_info import counter_delta, keyspace_counters
 
 if TYPE_CHECKING:
     from cachelab.lab import Lab

@@ -30,13 +30,12 @@ from cachelab.exercise import ExerciseInfo, Opt, Result
 from cachelab.workload.measure import (
     LATENCY_COLUMNS,
     LatencyHistogram,
-    counter_delta,
     key_sampler,
-    keyspace_counters,
     latency_row,
     ratio,
-    run_concurrently,
 )
+from cachelab.workload.redis_info import counter_delta, keyspace_counters
+from cachelab.workload.threads import run_concurrently
 
 if TYPE_CHECKING:
     import redis

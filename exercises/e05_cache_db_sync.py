@@ -20,23 +20,21 @@ sync_lag_p50_ms, sync_lag_p99_ms, sync_lag_max_ms, outage_comments, outage_lag_m
 
 from __future__ import annotations
 
-import itertools
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from types import TracebackType
 from typing import TYPE_CHECKING, Annotated, Any
 
 from cachelab.caching.outbox import CommentCache, count_key, install_outbox
 from cachelab.children.outbox import ListenerProcess
 from cachelab.exercise import ExerciseInfo, Opt, Result
 from cachelab.shop.database import WORDS
+from cachelab.workload.live import StreamWriters
 from cachelab.workload.measure import LATENCY_COLUMNS, LatencyHistogram, key_sampler, latency_row
+from cachelab.workload.poll import poll_until
 
 if TYPE_CHECKING:
     from cachelab.lab import Lab
-    from cachelab.shop.database import ShopDatabase
 
 INFO = ExerciseInfo(
     id="exercise-5",
@@ -77,79 +75,6 @@ INFO = ExerciseInfo(
     headline="sync_lag_p50_ms",
     own_servers="kills and restarts its Redis server to show what the sync survives",
 )
-
-
-class CommentWriters:
-    """Writer threads posting a seeded stream of comments through ``post_comment``.
-
-    Each writer notes the wall-clock time right after its commit returns; the
-    listener's Redis notes when the comment reached the cache (same clock).
-    """
-
-    def __init__(self, db: ShopDatabase, stream: list[tuple[int, int, str]], writers: int):
-        self.db = db
-        self.stream = stream
-        self.committed_ns: dict[int, int] = {}  # comment id -> time of commit
-        self._next = itertools.count()  # atomic under the GIL
-        self._stop = threading.Event()
-        self._errors: list[BaseException] = []
-        self._threads = [threading.Thread(target=self._write, name=f"writer-{i}", daemon=True)
-                         for i in range(writers)]
-
-    def _write(self) -> None:
-        while not self._stop.is_set():
-            i = next(self._next)
-            if i >= len(self.stream):
-                return
-            try:
-                comment_id = self.db.post_comment(*self.stream[i])
-            except BaseException as exc:  # handed to the main thread by join()
-                self._errors.append(exc)
-                return
-            self.committed_ns[comment_id] = time.time_ns()
-
-    @property
-    def posted(self) -> int:
-        return len(self.committed_ns)
-
-    @property
-    def done(self) -> bool:
-        return not any(t.is_alive() for t in self._threads)
-
-    def join(self, timeout_s: float) -> bool:
-        """Wait for the stream, then stop the writers; True if all of it was posted.
-
-        A writer's error is raised here.
-        """
-        deadline = time.monotonic() + timeout_s
-        for thread in self._threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
-        self._stop.set()  # on a timeout, each finishes the comment in hand
-        for thread in self._threads:
-            thread.join()
-        if self._errors:
-            raise self._errors[0]
-        return self.posted == len(self.stream)
-
-    def __enter__(self) -> CommentWriters:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join()
-
-
-def wait_until(condition: Callable[[], bool], timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.001)
-    return True
 
 
 def run(
@@ -204,7 +129,7 @@ def run(
         return listener
 
     timeline: list[list[Any]] = []
-    writer_pool: CommentWriters | None = None
+    writer_pool: StreamWriters | None = None
 
     def mark(event: str) -> None:
         timeline.append([event, writer_pool.posted if writer_pool else 0, cache.progress(),
@@ -213,7 +138,7 @@ def run(
     # Act: the listener up, the writers posting, the listener killed and restarted.
     listener = start_listener(0)
     mark(f"listener started (pid {listener.pid})")
-    writer_pool = lab.enter_context(CommentWriters(db, stream, writers))
+    writer_pool = lab.enter_context(StreamWriters(db.post_comment, stream, writers))
     pool = writer_pool
     segments = 2 * kills + 1  # the listener is up in even segments of the stream
 
@@ -228,14 +153,17 @@ def run(
     redelivered_expected, started_at = 0, cache.progress()
     backlog_entries: set[int] = set()  # outbox ids waiting at a restart
     for k in range(kills):
-        wait_until(posted_through(2 * k + 1), timeout_s)
-        wait_until(applied_past(started_at), timeout_s)
+        poll_until(posted_through(2 * k + 1), timeout_s=timeout_s, interval_s=0.001,
+                   what="the listener's share of the stream posted", error=None)
+        poll_until(applied_past(started_at), timeout_s=timeout_s, interval_s=0.001,
+                   what="the listener applying entries", error=None)
         applied_before_kill.append(cache.progress() - started_at)
         killed_ns = time.time_ns()
         kill_codes.append(listener.kill())
         posted_at_kill.append(pool.posted)
         mark(f"listener killed (exit {kill_codes[-1]})")
-        wait_until(posted_through(2 * k + 2), timeout_s)
+        poll_until(posted_through(2 * k + 2), timeout_s=timeout_s, interval_s=0.001,
+                   what="the outage's share of the stream posted", error=None)
         progress, backlog_end = cache.progress(), outbox_last_id()
         backlogs.append(backlog_end - progress)
         backlog_entries.update(range(progress + 1, backlog_end + 1))
@@ -247,7 +175,8 @@ def run(
     all_posted = pool.join(timeout_s)
     mark("writers finished" if all_posted else f"writers stopped after {timeout_s:g}s")
     last_id = outbox_last_id()
-    drained = wait_until(lambda: cache.progress() >= last_id, timeout_s)
+    drained = bool(poll_until(lambda: cache.progress() >= last_id, timeout_s=timeout_s,
+                              interval_s=0.001, what="the outbox drained", error=None))
     mark("outbox drained" if drained else f"outbox not drained after {timeout_s:g}s")
     listener.stop()
 

@@ -32,9 +32,10 @@ from cachelab.exercise import ExerciseInfo, Opt, Result
 if TYPE_CHECKING:
     import redis
 
-    from cachelab.caching.migration import Comparison, LiveWorkload
+    from cachelab.caching.migration import Comparison
     from cachelab.lab import Lab
     from cachelab.servers.redis_server import RedisServer
+    from cachelab.workload.live import LiveWorkload
 
 INFO = ExerciseInfo(
     id="exercise-6",
@@ -136,18 +137,20 @@ def run(
                               max=10_000)] = 200,
 ) -> Result:
     from cachelab.caching.migration import (
-        CacheAddress,
-        LiveWorkload,
         ReplicationMove,
         catch_up,
         compare,
         copy_keys,
         disconnect_clients,
         snapshot,
-        used_memory_ratio,
-        write_config,
     )
-    from cachelab.workload.measure import command_calls, counter_delta, keyspace_counters
+    from cachelab.workload.live import CacheAddress, LiveWorkload, write_config
+    from cachelab.workload.redis_info import (
+        command_calls,
+        counter_delta,
+        keyspace_counters,
+        used_memory_ratio,
+    )
 
     result = Result()
     memory = {"maxmemory_policy": policy}

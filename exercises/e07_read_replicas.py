@@ -23,11 +23,11 @@ from cachelab.caching.replicas import (
     CONSISTENCIES,
     LagSampler,
     ReplicaBalancer,
-    replication_offsets,
     wait_converged,
 )
 from cachelab.exercise import ExerciseInfo, Opt, Result
-from cachelab.workload.measure import LatencyHistogram, balance, command_calls, key_sampler, ratio
+from cachelab.workload.measure import LatencyHistogram, balance, key_sampler, ratio
+from cachelab.workload.redis_info import command_calls, replication_offsets
 
 if TYPE_CHECKING:
     import redis

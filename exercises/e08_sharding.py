@@ -108,7 +108,7 @@ def inspect(scheme: str, clients: dict[str, redis.Redis], labels: dict[str, str]
             expected_share: dict[str, float]) -> SchemeRun:
     """Read back from every shard: SCAN for the keys, INFO and DBSIZE for the counts."""
     from cachelab.caching.sharding import check_placement, scan_keys
-    from cachelab.workload.measure import command_calls
+    from cachelab.workload.redis_info import command_calls
 
     found = {name: scan_keys(client, "user:*") for name, client in clients.items()}
     return SchemeRun(
@@ -162,8 +162,7 @@ def run(
         modulo_shard,
         write_through_cluster,
     )
-    from cachelab.workload.measure import command_calls
-    from cachelab.workload.redis_info import CLUSTER_SLOTS
+    from cachelab.workload.redis_info import CLUSTER_SLOTS, command_calls
 
     result = Result()
     user_ids = lab.rng("users").sample(range(1, USER_ID_SPACE), users)

@@ -37,12 +37,11 @@ from cachelab.errors import UsageError
 from cachelab.exercise import ExerciseInfo, Opt, Result
 from cachelab.workload.measure import (
     LATENCY_COLUMNS,
-    counter_delta,
     key_sampler,
-    keyspace_counters,
     latency_row,
     ratio,
 )
+from cachelab.workload.redis_info import counter_delta, keyspace_counters
 
 if TYPE_CHECKING:
     from cachelab.lab import Lab

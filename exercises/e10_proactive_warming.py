@@ -30,7 +30,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 from cachelab.caching import CacheAside
 from cachelab.caching.warming import LockedCache, StreamWatcher, Warmer, XFetchCache
 from cachelab.exercise import ExerciseInfo, Opt, Result
-from cachelab.workload.measure import LatencyHistogram, run_concurrently
+from cachelab.workload.measure import LatencyHistogram
+from cachelab.workload.threads import run_concurrently
 
 if TYPE_CHECKING:
     import redis

@@ -137,7 +137,8 @@ def build_stream(rng: random.Random, *, capacity: int, hot_share: float,
 
 def play_stream(lab: Lab, runs: list[PolicyRun], stream: Stream, value: str) -> None:
     """Play every round on every server, each round after that server's LRU clock ticked."""
-    from cachelab.caching.eviction import apply_ops, lru_clock, stat, wait_for_lru_tick
+    from cachelab.caching.eviction import apply_ops, wait_for_lru_tick
+    from cachelab.workload.redis_info import lru_clock, stat
 
     # Replies to a batch of GETs wait in Redis's memory until sent, and evict like data.
     batch = max(1, min(32, REPLY_BUDGET_BYTES // len(value)))
@@ -203,7 +204,8 @@ def run(
         replay_cache_aside,
     )
     from cachelab.caching.simulate import RandomEviction, miss_ratios, replay
-    from cachelab.workload.measure import counter_delta, key_sampler, keyspace_counters
+    from cachelab.workload.measure import key_sampler
+    from cachelab.workload.redis_info import counter_delta, keyspace_counters
 
     try:
         chosen = parse_policies(policies)

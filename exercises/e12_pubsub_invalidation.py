@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any, NamedTuple
 
@@ -42,6 +41,7 @@ from cachelab.children.service import (
 )
 from cachelab.exercise import ExerciseInfo, Opt, Result
 from cachelab.workload.measure import LATENCY_COLUMNS, LatencyHistogram, key_sampler, latency_row
+from cachelab.workload.poll import poll_until
 
 if TYPE_CHECKING:
     import redis
@@ -152,19 +152,19 @@ class Driver:
     def await_drops(self, bus: Bus, update: Update, names: list[str]) -> dict[str, int]:
         """Drop times of ``update`` by each of ``names``, waiting at most the window."""
         dropped: dict[str, int] = {}
-        pending = list(names)
-        deadline = time.monotonic() + self.window_s
-        while pending:
+
+        def all_dropped() -> bool:
+            pending = [name for name in names if name not in dropped]
             pipe = self.client.pipeline(transaction=False)
             for name in pending:
                 pipe.hget(drops_key(bus, name, self.prefix), update.key)
             for name, value in zip(pending, pipe.execute(), strict=True):
                 if value is not None and int(value) >= update.publish_ns:
                     dropped[name] = int(value)
-            pending = [name for name in pending if name not in dropped]
-            if not pending or time.monotonic() > deadline:
-                break
-            time.sleep(0.0005)
+            return len(dropped) == len(names)
+
+        poll_until(all_dropped, timeout_s=self.window_s, interval_s=0.0005, error=None,
+                   what="the update dropped by every service")
         return dropped
 
     def read(self, bus: Bus, readers: list[ServiceProcess], items: list[int]) -> tuple[int, int]:

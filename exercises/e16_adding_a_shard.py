@@ -21,7 +21,6 @@ reshard_ops, ask_redirects, workload_errors, wrong_reads.
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated
@@ -238,6 +237,7 @@ def _reshard(lab: Lab, cluster: Cluster, added: RedisServer, values: dict[str, s
         slot_owners,
     )
     from cachelab.caching.sharding import key_slot
+    from cachelab.workload.poll import poll_until
     from cachelab.workload.redis_info import info_cluster
 
     # Known to all is not enough: until it has learnt the slot map (and its start-up
@@ -268,15 +268,19 @@ def _reshard(lab: Lab, cluster: Cluster, added: RedisServer, values: dict[str, s
     workload.phase = "after"
 
     # Every master was told the new owners; wait (bounded) until all report them and ok.
-    deadline = time.monotonic() + SETTLE_S
-    while True:
+    # What they said last is what the checks judge, settled or not.
+    views: dict[str, list[str | None]] = {}
+    states: dict[str, str] = {}
+
+    def settled() -> bool:
+        nonlocal views, states
         views = {names[node.node_id]: slot_owners(node.client) for node in nodes}
         states = {m.name: info_cluster(m)["cluster_state"] for m in masters}
-        settled = (all(state == "ok" for state in states.values())
-                   and len({tuple(view) for view in views.values()}) == 1)
-        if settled or time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
+        return (all(state == "ok" for state in states.values())
+                and len({tuple(view) for view in views.values()}) == 1)
+
+    poll_until(settled, timeout_s=SETTLE_S, interval_s=0.05, error=None,
+               what="every master to report one slot map and cluster_state:ok")
     workload.wait_for(PHASE_OPS)
     workload.stop()
 

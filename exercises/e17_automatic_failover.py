@@ -304,25 +304,29 @@ def healthcheck_failover(lab: Lab, *, interval_ms: int, timeout_ms: int, failure
 
 def _followers_attached(scenario: Scenario, timeout_s: float = 5.0) -> tuple[bool, str]:
     """Every other replica replicates from the promoted one, link up (polled)."""
+    from cachelab.workload.poll import poll_until
     from cachelab.workload.redis_info import info
 
     new = scenario.new_primary
     if new is None or scenario.promotion is None:
         return False, "nothing was promoted"
     others = [r for r in scenario.replica_set.replicas if r is not new]
-    deadline = time.monotonic() + timeout_s
-    while True:
+    states: list[dict[str, Any]] = []  # the last answers, attached or not
+    role = ""
+
+    def attached() -> bool:
+        nonlocal states, role
         states = [info(r, "replication") for r in others]
         role = info(new, "replication")["role"]
-        ok = role == "master" and all(
+        return role == "master" and all(
             s["role"] == "slave" and int(s["master_port"]) == new.port
             and s["master_link_status"] == "up" for s in states)
-        if ok or time.monotonic() > deadline:
-            return ok, (f"{new.name} is {role}; " + "; ".join(
-                f"{r.name} is {s['role']} of port {s.get('master_port', '—')}, link "
-                f"{s.get('master_link_status', '—')}" for r, s in zip(others, states,
-                                                                        strict=True)))
-        time.sleep(0.05)
+
+    ok = bool(poll_until(attached, timeout_s=timeout_s, interval_s=0.05, error=None,
+                         what="every other replica attached to the promoted one"))
+    return ok, (f"{new.name} is {role}; " + "; ".join(
+        f"{r.name} is {s['role']} of port {s.get('master_port', '—')}, link "
+        f"{s.get('master_link_status', '—')}" for r, s in zip(others, states, strict=True)))
 
 
 def _seconds(value: float | None) -> str | float:

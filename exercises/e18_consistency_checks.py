@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 from cachelab.caching.consistency import KINDS, ConsistencyChecker, Finding
 from cachelab.caching.leases import DoubleDeleteCache, LeaseCache, NaiveCache, VersionedCache
 from cachelab.exercise import ExerciseInfo, Opt, Result
+from cachelab.workload.threads import ThreadGroup
 
 if TYPE_CHECKING:
     import redis
@@ -149,7 +150,6 @@ class Trial:
     stored: bool = False
     stale: bool = False
     next_read_fresh: bool = False
-    errors: list[BaseException] = field(default_factory=list)
 
 
 def race(cache: NaiveCache, db: ShopDatabase, user_id: int, *, window_s: float,
@@ -167,50 +167,33 @@ def race(cache: NaiveCache, db: ShopDatabase, user_id: int, *, window_s: float,
         trial.steps.append(((time.monotonic() - t0) * 1000, actor, what))
 
     def reader() -> None:
-        try:
-            value, ticket = cache.lookup(user_id)
-            step("reader", "miss" if value is None else "hit (unexpected)")
-            row = db.user_profile(user_id)
-            trial.loaded_version = row["version"] if row else 0
-            step("reader", f"loaded version {trial.loaded_version}")
-            loaded.set()
-            if not written.wait(timeout_s) or abort.wait(window_s):
-                return
-            trial.stored = cache.fill(user_id, ticket, row, trial.loaded_version)
-            step("reader", f"stored version {trial.loaded_version}" if trial.stored
-                 else "store refused")
-        except BaseException as exc:  # handed to the main thread below
-            trial.errors.append(exc)
-            abort.set()
+        value, ticket = cache.lookup(user_id)
+        step("reader", "miss" if value is None else "hit (unexpected)")
+        row = db.user_profile(user_id)
+        trial.loaded_version = row["version"] if row else 0
+        step("reader", f"loaded version {trial.loaded_version}")
+        loaded.set()
+        if not written.wait(timeout_s) or abort.wait(window_s):
+            return
+        trial.stored = cache.fill(user_id, ticket, row, trial.loaded_version)
+        step("reader", f"stored version {trial.loaded_version}" if trial.stored
+             else "store refused")
 
     def writer() -> None:
-        try:
-            if not loaded.wait(timeout_s) or abort.is_set():
-                return
-            db.update_profile(user_id, bio=f"updated during race at {time.monotonic():.6f}")
-            trial.committed_version = db.query(
-                "SELECT version FROM profiles WHERE user_id = ?", [user_id])[0]["version"]
-            step("writer", f"committed version {trial.committed_version}")
-            cache.invalidate(user_id, trial.committed_version)
-            step("writer", "invalidated")
-            written.set()
-        except BaseException as exc:
-            trial.errors.append(exc)
-            abort.set()
+        if not loaded.wait(timeout_s) or abort.is_set():
+            return
+        db.update_profile(user_id, bio=f"updated during race at {time.monotonic():.6f}")
+        trial.committed_version = db.query(
+            "SELECT version FROM profiles WHERE user_id = ?", [user_id])[0]["version"]
+        step("writer", f"committed version {trial.committed_version}")
+        cache.invalidate(user_id, trial.committed_version)
+        step("writer", "invalidated")
+        written.set()
 
-    threads = [threading.Thread(target=reader, name="race-reader", daemon=True),
-               threading.Thread(target=writer, name="race-writer", daemon=True)]
-    try:
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(timeout_s + window_s + 1)
-    finally:
-        abort.set()  # on Ctrl-C or a timeout the threads stop waiting and return
-        for thread in threads:
-            thread.join()
-    if trial.errors:
-        raise trial.errors[0]
+    # A thread's error sets abort, and so does leaving the block (Ctrl-C, a timeout):
+    # the other thread stops waiting and returns; the first error is raised on the way out.
+    with ThreadGroup({"race-reader": reader, "race-writer": writer}, stopping=abort) as threads:
+        threads.join(timeout_s + window_s + 1)
     if not (loaded.is_set() and written.is_set()):
         raise TimeoutError(f"race on user {user_id} did not complete in {timeout_s:g}s")
 

@@ -207,6 +207,7 @@ def run(
     from cachelab.children.rate_limit import HammerProcess, results_key
     from cachelab.shop.database import ShopDatabase, build_shop
     from cachelab.shop.server import ApiServer
+    from cachelab.workload.poll import poll_until
     from cachelab.workload.redis_info import redis_clock_us
 
     result = Result()
@@ -253,14 +254,18 @@ def run(
     for hammer in hammers:
         hammer.go(start_us, start_us + round(duration_s * 1e6))
     reports: list[dict[str, Any]] = []
-    deadline = time.monotonic() + duration_s + 60
-    while len(reports) < clients and time.monotonic() < deadline:
+
+    def all_reported() -> bool:
         sampler.sample()
-        popped = client.blpop([results], timeout=0.05)
+        popped = client.blpop([results], timeout=0.05)  # blocks: no pause needed
         if popped:
             reports.append(json.loads(popped[1]))
-        elif all(h.returncode is not None for h in hammers) and not client.llen(results):
-            break  # a client died without reporting: the checks below say so
+            return len(reports) >= clients
+        # A client that died without reporting ends the wait: the checks below say so.
+        return all(h.returncode is not None for h in hammers) and not client.llen(results)
+
+    poll_until(all_reported, timeout_s=duration_s + 60, interval_s=0, error=None,
+               what="every client's report")
     sampler.sample()
     concurrent: dict[str, list[int]] = {a: [] for a in ALGORITHMS}
     denied: dict[str, int] = dict.fromkeys(ALGORITHMS, 0)

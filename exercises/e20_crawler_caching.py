@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from cachelab.errors import UsageError
 from cachelab.exercise import ExerciseInfo, Opt, Result
-from cachelab.workload.measure import LatencyHistogram, command_calls
+from cachelab.workload.measure import LatencyHistogram
+from cachelab.workload.redis_info import command_calls
 
 if TYPE_CHECKING:
     import httpx

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import time
 from collections import Counter
 from typing import Any
 
@@ -12,12 +11,8 @@ import redis
 
 from cachelab.caching import CacheAside, QueryCache, normalise_sql, query_key
 from cachelab.lab import Lab
-from cachelab.workload.measure import (
-    LatencyHistogram,
-    counter_delta,
-    key_sampler,
-    keyspace_counters,
-)
+from cachelab.workload.measure import LatencyHistogram, key_sampler
+from cachelab.workload.redis_info import counter_delta, keyspace_counters
 
 
 class CountingLoader:
@@ -257,37 +252,3 @@ def test_cache_aside_stats_agree_with_redis(client: redis.Redis) -> None:
     delta = counter_delta(before, keyspace_counters(client))
     assert (delta["keyspace_hits"], delta["keyspace_misses"]) == (cache.stats.hits,
                                                                   cache.stats.misses) == (3, 3)
-
-
-def test_run_concurrently_runs_every_request_once_and_overlaps() -> None:
-    import threading
-
-    from cachelab.workload.measure import run_concurrently
-
-    seen: list[int] = []
-    active, peak = [0], [0]
-    lock = threading.Lock()
-
-    def task(i: int) -> None:
-        with lock:
-            seen.append(i)
-            active[0] += 1
-            peak[0] = max(peak[0], active[0])
-        time.sleep(0.01)
-        with lock:
-            active[0] -= 1
-
-    run_concurrently(task, workers=4, requests=20)
-    assert sorted(seen) == list(range(20))
-    assert peak[0] > 1
-
-
-def test_run_concurrently_reraises_a_task_error() -> None:
-    from cachelab.workload.measure import run_concurrently
-
-    def task(i: int) -> None:
-        if i == 3:
-            raise ValueError("request 3 failed")
-
-    with pytest.raises(ValueError, match="request 3"):
-        run_concurrently(task, workers=2, requests=10)

@@ -12,16 +12,14 @@ from cachelab.caching.eviction import (
     apply_ops,
     freeze,
     held_keys,
-    lru_clock,
     lru_sampling_trial,
     measure_capacity,
     parse_policies,
     replay_cache_aside,
-    stat,
     wait_for_lru_tick,
 )
 from cachelab.lab import Lab
-from cachelab.workload.measure import counter_delta, keyspace_counters
+from cachelab.workload.redis_info import counter_delta, keyspace_counters, lru_clock, stat
 from exercises.e11_lru_eviction import build_stream
 
 VALUE = "v" * 1000

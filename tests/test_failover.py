@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 
 import pytest
+import redis
 
 from cachelab.caching.failover import (
     ACKED,
@@ -15,14 +16,16 @@ from cachelab.caching.failover import (
     SentinelEvents,
     SequenceWriter,
     present,
-    replication_offset,
     switched_to,
 )
 from cachelab.lab import Lab
 from cachelab.servers.redis_server import RedisServer
 from cachelab.servers.topology import ReplicaSet
-from cachelab.workload.poll import wait_until
-from cachelab.workload.redis_info import info
+from cachelab.workload.poll import poll_until
+from cachelab.workload.redis_info import info, replication_offset
+
+#: A replica being pointed at a new primary may drop a connection meanwhile: ask again.
+REPOINTING = (redis.ConnectionError, redis.TimeoutError)
 
 
 def address(server: RedisServer) -> tuple[str, int]:
@@ -126,10 +129,12 @@ def test_health_check_fails_over_only_after_n_failures_in_a_row(lab: Lab) -> Non
         assert info(current, "replication")["role"] == "master"
         # The writers' client now reaches the promoted replica, which accepts writes.
         health.client().set("after", 1)
-        wait_until(lambda: info(lagging, "replication").get("master_link_status") == "up",
-                   10, "the lagging replica did not follow the new primary")
+        poll_until(lambda: info(lagging, "replication").get("master_link_status") == "up",
+                   timeout_s=10, what="the lagging replica following the new primary",
+                   ignoring=REPOINTING)
         with lagging.client() as client:
-            wait_until(lambda: client.get("after") == "1", 10, "the write did not arrive")
+            poll_until(lambda: client.get("after") == "1", timeout_s=10,
+                       what="the write on the lagging replica", ignoring=REPOINTING)
             assert client.get("later:99") == "99"  # it caught up on what it had missed
             assert replication_offset(client) >= replication_offset(health.client())
     finally:
@@ -143,11 +148,12 @@ def test_health_check_thread_promotes_and_the_writer_follows(lab: Lab) -> None:
                                  interval_s=0.05, timeout_s=0.2, failures=2)
     writer = SequenceWriter(health.client, max_rate=500)
     with health, writer:
-        wait_until(lambda: writer.counts[ACKED] >= 20, 10, "no writes before the kill")
+        poll_until(lambda: writer.counts[ACKED] >= 20, timeout_s=10,
+                   what="20 acknowledged writes before the kill")
         replicas.primary.kill()
         dead = time.monotonic()
-        wait_until(lambda: writer.first_acked_since(dead) is not None, 10,
-                   "no write succeeded after the kill")
+        poll_until(lambda: writer.first_acked_since(dead) is not None, timeout_s=10,
+                   what="a write acknowledged after the kill")
     promotion = health.promotions[0]
     new = next(r for r in replicas.replicas if address(r) == promotion.promoted)
     acked = writer.numbers(ACKED)
@@ -189,7 +195,7 @@ def test_sentinel_events_are_recorded_with_their_arrival_time(lab: Lab) -> None:
         publisher.publish("+sdown", "master mymaster 127.0.0.1 7")
         publisher.publish("+odown", "master mymaster 127.0.0.1 7 #quorum 2/2")  # not asked
         publisher.publish("+switch-master", "mymaster 127.0.0.1 7 127.0.0.1 8")
-        wait_until(lambda: len(recorder.events) == 3, 5, "the events did not arrive")
+        poll_until(lambda: len(recorder.events) == 3, timeout_s=5, what="the three events")
     sdown = recorder.first("+sdown")
     assert sdown is not None and sdown.data == "master mymaster 127.0.0.1 7"
     assert sdown.at_s >= start

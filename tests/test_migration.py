@@ -15,23 +15,24 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from cachelab.caching.migration import (
-    CacheAddress,
-    ConfigWatcher,
     Entry,
-    LiveWorkload,
     ReplicationMove,
     catch_up,
     compare,
     copy_keys,
     disconnect_clients,
-    read_config,
     snapshot,
-    used_memory_ratio,
-    write_config,
 )
 from cachelab.lab import Lab
 from cachelab.servers.redis_server import RedisServer
-from cachelab.workload.measure import command_calls
+from cachelab.workload.live import (
+    CacheAddress,
+    ConfigWatcher,
+    LiveWorkload,
+    read_config,
+    write_config,
+)
+from cachelab.workload.redis_info import command_calls, used_memory_ratio
 
 # redis-py retries with backoff by default, which would hide a paused or stopped server.
 NO_RETRY = Retry(NoBackoff(), 0)

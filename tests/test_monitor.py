@@ -31,7 +31,7 @@ from cachelab.caching.monitor import (
 from cachelab.cli import app
 from cachelab.errors import UsageError
 from cachelab.lab import Lab
-from cachelab.workload.measure import counter_delta, keyspace_counters
+from cachelab.workload.redis_info import counter_delta, keyspace_counters
 
 
 def test_access_log_round_trips_one_line_per_access(tmp_path: Path) -> None:

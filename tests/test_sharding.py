@@ -23,7 +23,7 @@ from cachelab.caching.sharding import (
 )
 from cachelab.lab import Lab
 from cachelab.servers.topology import CLUSTER_SLOTS
-from cachelab.workload.measure import command_calls
+from cachelab.workload.redis_info import command_calls
 
 KEYS = [f"user:{i}" for i in range(20_000)]
 NODE_SETS = [

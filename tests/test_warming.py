@@ -21,7 +21,8 @@ from cachelab.caching.warming import (
     xfetch_due,
 )
 from cachelab.lab import Lab
-from cachelab.workload.measure import run_concurrently, wait_for_expiry
+from cachelab.workload.measure import wait_for_expiry
+from cachelab.workload.threads import run_concurrently
 
 
 @pytest.fixture

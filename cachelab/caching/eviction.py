@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from cachelab.caching.simulate import LRU
+from cachelab.workload.poll import poll_until
+from cachelab.workload.redis_info import lru_clock, stat
 
 if TYPE_CHECKING:  # redis is imported by whoever builds the client
     import redis
@@ -54,28 +56,18 @@ def parse_policies(text: str) -> tuple[str, ...]:
     return tuple(policies)
 
 
-def stat(client: redis.Redis, name: str, section: str = "stats") -> int:
-    """One integer field of ``INFO section``, e.g. ``evicted_keys``."""
-    return int(client.info(section)[name])
-
-
-def lru_clock(client: redis.Redis) -> int:
-    """Redis's LRU clock (``INFO server``): seconds, the stamp a key gets when touched."""
-    return stat(client, "lru_clock", "server")
-
-
 def wait_for_lru_tick(client: redis.Redis, since: int, *, timeout_s: float = 3.0) -> int:
     """Poll until the server's LRU clock differs from ``since``; returns the new value.
 
     Each server updates its clock in its own cron, up to 1/hz after the second turns,
     so a workload spread over several servers waits for each one's own tick.
     """
-    deadline = time.monotonic() + timeout_s
-    while (now := lru_clock(client)) == since:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"Redis's LRU clock stayed at {since} for {timeout_s:g}s")
-        time.sleep(0.005)
-    return now
+    def ticked() -> tuple[int] | None:
+        now = lru_clock(client)
+        return (now,) if now != since else None  # a tuple: true even when the clock is 0
+
+    return poll_until(ticked, timeout_s=timeout_s, interval_s=0.005,
+                      what=f"Redis's LRU clock to move on from {since}")[0]
 
 
 def freeze(client: redis.Redis) -> None:

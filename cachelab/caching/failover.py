@@ -21,6 +21,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from cachelab.workload.poll import poll_until
+from cachelab.workload.redis_info import replication_offset
 from cachelab.workload.threads import BackgroundWorker
 
 Address = tuple[str, int]
@@ -150,12 +152,6 @@ def present(client: redis.Redis, prefix: str, numbers: Iterable[int],
         found.update(n for n, value in zip(part, values, strict=True)
                      if value in (str(n), str(n).encode()))
     return found
-
-
-def replication_offset(client: redis.Redis) -> int:
-    """How much of the replication stream this node has applied."""
-    replication: Any = client.info("replication")
-    return int(replication.get("slave_repl_offset", replication["master_repl_offset"]))
 
 
 @dataclass
@@ -312,14 +308,20 @@ class SentinelEvents(BackgroundWorker):
         self._pubsub = self.client.pubsub()
         self._pubsub.subscribe(*self.channels)
         # Confirmed subscriptions: nothing published after start() returns is missed.
-        confirmed, deadline = 0, self.clock() + 5
-        while confirmed < len(self.channels):
-            message = self._pubsub.get_message(timeout=0.1)
-            if message and message["type"] == "subscribe":
-                confirmed += 1
-            if self.clock() > deadline:
-                self._pubsub.close()
-                raise RuntimeError("the Sentinel did not confirm the subscriptions")
+        confirmed = 0
+
+        def all_confirmed() -> bool:
+            nonlocal confirmed
+            message = self._pubsub.get_message(timeout=0.1)  # blocks: no pause needed
+            confirmed += bool(message and message["type"] == "subscribe")
+            return confirmed == len(self.channels)
+
+        try:
+            poll_until(all_confirmed, timeout_s=5, interval_s=0, error=RuntimeError,
+                       what="the Sentinel to confirm the subscriptions")
+        except RuntimeError:
+            self._pubsub.close()
+            raise
 
     def _work(self) -> None:
         while not self._stop.is_set():

@@ -26,10 +26,11 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Literal
+
+from cachelab.workload.poll import poll_until
 
 if TYPE_CHECKING:  # redis is imported by whoever builds the clients
     import redis
@@ -204,13 +205,14 @@ class Subscriber:
         """A pub/sub on ``channel``, returned once Redis has confirmed the subscription."""
         pubsub = client.pubsub()
         pubsub.subscribe(channel)
-        deadline = time.monotonic() + 10
-        while True:
-            message = pubsub.get_message(timeout=self.poll_s)
-            if message and message["type"] == "subscribe":
-                return pubsub
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{self.name}: no subscribe confirmation")
+
+        def confirmed() -> bool:
+            message = pubsub.get_message(timeout=self.poll_s)  # blocks: no pause needed
+            return bool(message and message["type"] == "subscribe")
+
+        poll_until(confirmed, timeout_s=10, interval_s=0, error=TimeoutError,
+                   what=f"{self.name}'s subscription to {channel} to be confirmed")
+        return pubsub
 
     @property
     def connected(self) -> bool:

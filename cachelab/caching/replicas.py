@@ -11,8 +11,8 @@ return the old value; the balancer's ``consistency`` decides what it does about 
   if ``WAIT`` returns fewer, the written keys are read from the primary for a while.
 - ``primary``: keys this client wrote are read from the primary for ``sticky_s``.
 
-The module also reads what each node says about itself: how many calls of a command
-it served (``INFO commandstats``) and how far each replica is behind (offsets in bytes).
+:class:`LagSampler` and :func:`wait_converged` watch how far each replica is behind, in
+bytes of the replication stream, as the nodes themselves report it.
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
+from cachelab.workload.poll import poll_until
+from cachelab.workload.redis_info import replication_lag_bytes, replication_offsets
 from cachelab.workload.threads import BackgroundWorker
 
 if TYPE_CHECKING:  # redis is imported by whoever builds the clients
@@ -205,23 +207,6 @@ class ReplicaBalancer:
             return key in self._pinned
 
 
-def replication_offsets(primary: redis.Redis, replicas: Sequence[redis.Redis]
-                        ) -> tuple[int, list[int]]:
-    """The primary's ``master_repl_offset`` and each replica's applied offset, in bytes.
-
-    The primary is asked first, so a replica that catches up meanwhile only makes its
-    lag look smaller: ``primary - replica`` never overstates the lag.
-    """
-    head = int(primary.info("replication")["master_repl_offset"])
-    return head, [int(r.info("replication")["slave_repl_offset"]) for r in replicas]
-
-
-def replication_lag_bytes(primary: redis.Redis, replicas: Sequence[redis.Redis]) -> list[int]:
-    """How many bytes of the replication stream each replica has yet to apply."""
-    head, offsets = replication_offsets(primary, replicas)
-    return [max(0, head - offset) for offset in offsets]
-
-
 class LagSampler(BackgroundWorker):
     """Samples every replica's lag in bytes from a thread, while the caller writes.
 
@@ -252,11 +237,12 @@ class LagSampler(BackgroundWorker):
 def wait_converged(primary: redis.Redis, replicas: Sequence[redis.Redis], *,
                    timeout_s: float = 5.0, interval_s: float = 0.002) -> float | None:
     """Poll until every replica's offset equals the primary's; seconds taken, or None."""
-    start = time.monotonic()
-    while True:
+    def converged() -> bool:
         head, offsets = replication_offsets(primary, replicas)
-        if all(offset == head for offset in offsets):
-            return time.monotonic() - start
-        if time.monotonic() - start > timeout_s:
-            return None
-        time.sleep(interval_s)
+        return all(offset == head for offset in offsets)
+
+    start = time.monotonic()
+    if poll_until(converged, timeout_s=timeout_s, interval_s=interval_s,
+                  what="the replicas to converge", error=None) is None:
+        return None
+    return time.monotonic() - start

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from cachelab.caching.sharding import ShardRing, modulo_shard
+from cachelab.workload.poll import poll_until
 from cachelab.workload.threads import BackgroundWorker
 
 if TYPE_CHECKING:  # redis is imported by whoever builds the clients
@@ -217,14 +218,14 @@ class LiveTraffic(BackgroundWorker):
             counts.wrong_values += 1
 
     def wait_for(self, ops: int, timeout_s: float = 5.0) -> bool:
-        """Wait until the current phase has seen ``ops`` operations; False on timeout."""
-        deadline = time.monotonic() + timeout_s
-        while self.counts.get(self.phase, TrafficCounts()).ops < ops:
-            if (time.monotonic() > deadline or self._thread is None
-                    or not self._thread.is_alive()):
-                return False
-            time.sleep(0.005)
-        return True
+        """Wait until the current phase has seen ``ops`` operations; False on timeout, or
+        when the thread has ended short of them."""
+        def seen() -> bool:
+            return self.counts.get(self.phase, TrafficCounts()).ops >= ops
+
+        poll_until(lambda: seen() or not self.running, timeout_s=timeout_s, interval_s=0.005,
+                   what=f"{ops} operations of live traffic", error=None)
+        return seen()
 
 
 # --- standalone shards ---------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Measuring tools: latency histograms, seeded workloads, and Redis's own counters."""
+"""Measuring tools: latency histograms, seeded key choices, ratios and balance."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Literal
+
+from cachelab.workload.poll import poll_until
 
 if TYPE_CHECKING:  # redis is imported by whoever builds the client
     import redis
@@ -92,17 +94,6 @@ def key_sampler(
     return lambda: ids[bisect.bisect_left(cumulative, rng.random() * total)]
 
 
-def keyspace_counters(client: redis.Redis) -> dict[str, int]:
-    """Redis's own view: keyspace hits and misses, evictions and expirations."""
-    stats = client.info("stats")
-    return {name: int(stats[name]) for name in
-            ("keyspace_hits", "keyspace_misses", "evicted_keys", "expired_keys")}
-
-
-def counter_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
-    return {name: after[name] - before[name] for name in before}
-
-
 def ratio(part: float, whole: float) -> float:
     """``part / whole``, or 0.0 when there is no whole."""
     return part / whole if whole else 0.0
@@ -120,47 +111,10 @@ def latency_row(label: str, hist: LatencyHistogram) -> list[object]:
 def wait_for_expiry(client: redis.Redis, key: str, timeout_s: float) -> float | None:
     """Poll until ``key`` is gone; seconds waited, or None if it outlived ``timeout_s``."""
     start = time.monotonic()
-    while client.exists(key):
-        if time.monotonic() - start > timeout_s:
-            return None
-        time.sleep(0.02)
+    if poll_until(lambda: not client.exists(key), timeout_s=timeout_s,
+                  what=f"{key} to expire", interval_s=0.02, error=None) is None:
+        return None
     return time.monotonic() - start
-
-
-def run_concurrently(task: Callable[[int], object], *, workers: int, requests: int) -> float:
-    """Run ``task(i)`` for every i in ``range(requests)`` on ``workers`` threads at once.
-
-    The threads are released together by a barrier, so that the first requests really
-    overlap (a surge, a stampede). Returns the wall-clock seconds from release to the last
-    request done. The first exception a task raises is re-raised here.
-    """
-    import threading
-
-    barrier = threading.Barrier(workers + 1)
-    next_index = itertools.count()
-    errors: list[BaseException] = []
-
-    def worker() -> None:
-        barrier.wait()
-        while not errors:
-            i = next(next_index)  # itertools.count is atomic under the GIL
-            if i >= requests:
-                return
-            try:
-                task(i)
-            except BaseException as exc:  # handed to the caller below
-                errors.append(exc)
-
-    threads = [threading.Thread(target=worker, daemon=True) for _ in range(workers)]
-    for thread in threads:
-        thread.start()
-    barrier.wait()
-    start = time.perf_counter()
-    for thread in threads:
-        thread.join()
-    if errors:
-        raise errors[0]
-    return time.perf_counter() - start
 
 
 def balance(counts: Iterable[int]) -> tuple[float, float]:
@@ -171,9 +125,3 @@ def balance(counts: Iterable[int]) -> tuple[float, float]:
     if not mean:
         return 0.0, 0.0
     return max(values) / mean, min(values) / mean
-
-
-def command_calls(client: redis.Redis, commands: Iterable[str] = ("get",)) -> int:
-    """Calls of ``commands`` this node served, from its own ``INFO commandstats``."""
-    stats = client.info("commandstats")
-    return sum(int(stats.get(f"cmdstat_{c.lower()}", {}).get("calls", 0)) for c in commands)

@@ -1,10 +1,13 @@
-"""Reading a Redis node's own view of itself: INFO sections and replication progress."""
+"""Reading what a Redis node says of itself: INFO counters, replication progress, its
+clocks and its cluster view. Nothing here writes to a node."""
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
-import redis
+if TYPE_CHECKING:  # redis is imported by whoever builds the client
+    import redis
 
 CLUSTER_SLOTS = 16384
 
@@ -57,3 +60,60 @@ def redis_clock_us(client: redis.Redis) -> int:
     """Redis's own clock (``TIME``) in microseconds: one clock for every client."""
     seconds, micros = client.time()
     return int(seconds) * 1_000_000 + int(micros)
+
+
+def stat(client: redis.Redis, name: str, section: str = "stats") -> int:
+    """One integer field of ``INFO section``, e.g. ``evicted_keys``."""
+    return int(client.info(section)[name])
+
+
+def lru_clock(client: redis.Redis) -> int:
+    """Redis's LRU clock (``INFO server``): seconds, the stamp a key gets when touched."""
+    return stat(client, "lru_clock", "server")
+
+
+def keyspace_counters(client: redis.Redis) -> dict[str, int]:
+    """Redis's own view: keyspace hits and misses, evictions and expirations."""
+    stats = client.info("stats")
+    return {name: int(stats[name]) for name in
+            ("keyspace_hits", "keyspace_misses", "evicted_keys", "expired_keys")}
+
+
+def counter_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    """What each of two :func:`keyspace_counters` readings counted in between."""
+    return {name: after[name] - before[name] for name in before}
+
+
+def command_calls(client: redis.Redis, commands: Iterable[str] = ("get",)) -> int:
+    """Calls of ``commands`` this node served, from its own ``INFO commandstats``."""
+    stats = client.info("commandstats")
+    return sum(int(stats.get(f"cmdstat_{c.lower()}", {}).get("calls", 0)) for c in commands)
+
+
+def used_memory_ratio(client: redis.Redis) -> float:
+    """``used_memory / maxmemory`` from the server's own ``INFO memory`` (0 if unlimited)."""
+    memory: Any = client.info("memory")
+    return int(memory["used_memory"]) / int(memory["maxmemory"]) if memory["maxmemory"] else 0.0
+
+
+def replication_offset(client: redis.Redis) -> int:
+    """How much of the replication stream this node has applied."""
+    replication: Any = client.info("replication")
+    return int(replication.get("slave_repl_offset", replication["master_repl_offset"]))
+
+
+def replication_offsets(primary: redis.Redis, replicas: Sequence[redis.Redis]
+                        ) -> tuple[int, list[int]]:
+    """The primary's ``master_repl_offset`` and each replica's applied offset, in bytes.
+
+    The primary is asked first, so a replica that catches up meanwhile only makes its
+    lag look smaller: ``primary - replica`` never overstates the lag.
+    """
+    head = int(primary.info("replication")["master_repl_offset"])
+    return head, [int(r.info("replication")["slave_repl_offset"]) for r in replicas]
+
+
+def replication_lag_bytes(primary: redis.Redis, replicas: Sequence[redis.Redis]) -> list[int]:
+    """How many bytes of the replication stream each replica has yet to apply."""
+    head, offsets = replication_offsets(primary, replicas)
+    return [max(0, head - offset) for offset in offsets]

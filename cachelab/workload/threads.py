@@ -1,17 +1,24 @@
-"""A daemon thread that works until asked to stop: live traffic, watchers, samplers.
+"""Threads that hand their first error back: one mechanism for every thread the lab runs.
 
-Every live workload in the lab has the same life: start a thread, let it loop until an
-Event says stop, join it, and hand any exception that ended it back to the owner, who
-would otherwise never see it. This is that life, written once.
+Live traffic, watchers, samplers, racing readers and writers all have the same life:
+start threads, let them work until done or until an Event says stop, join them, and
+hand the exception that ended one back to the owner, who would otherwise never see it.
+:class:`ThreadGroup` is that life, written once; :class:`BackgroundWorker` is a one-thread
+loop built on it, and :func:`run_concurrently` a burst of requests on a group.
 """
 
 from __future__ import annotations
 
+import itertools
+import sys
 import threading
+import time
+from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import TypeVar
 
 S = TypeVar("S", bound="StartedWith")
+G = TypeVar("G", bound="ThreadGroup")
 W = TypeVar("W", bound="BackgroundWorker")
 
 
@@ -37,6 +44,76 @@ class StartedWith:
                 raise
 
 
+class ThreadGroup(StartedWith):
+    """Runs each target on its own named daemon thread, and keeps the first error.
+
+    The first exception a target raises is kept (later ones are dropped, never raised
+    in its place), sets ``stopping`` so that the other targets can wind down, and is
+    raised again by :meth:`stop` in the owner's thread, noted with the thread it came from.
+
+    Args:
+        targets: thread name -> what that thread runs.
+        stopping: the Event the targets watch (a new one if not given); :meth:`stop`
+            and the first error set it.
+    """
+
+    def __init__(self, targets: Mapping[str, Callable[[], object]], *,
+                 stopping: threading.Event | None = None) -> None:
+        self.stopping = stopping if stopping is not None else threading.Event()
+        self.error: BaseException | None = None
+        self._targets = dict(targets)
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+
+    def start(self: G) -> G:
+        if self._threads:
+            raise RuntimeError(f"{', '.join(self._targets)} already started")
+        self._threads = [threading.Thread(target=self._guarded, args=(name, target),
+                                          name=name, daemon=True)
+                         for name, target in self._targets.items()]
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def _guarded(self, name: str, target: Callable[[], object]) -> None:
+        try:
+            target()
+        except BaseException as exc:  # raised again by stop(), in the owner's thread
+            with self._lock:
+                if self.error is None:
+                    if sys.version_info >= (3, 11):
+                        exc.add_note(f"(raised in the thread {name!r})")
+                    self.error = exc
+            self.stopping.set()
+
+    @property
+    def running(self) -> bool:
+        """Whether any thread is still running."""
+        return any(thread.is_alive() for thread in self._threads)
+
+    def join(self, timeout_s: float | None = None) -> bool:
+        """Wait until every thread has ended, ``timeout_s`` at most; whether they all have."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        for thread in self._threads:
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        return not self.running
+
+    def stop(self, timeout_s: float | None = 10.0) -> None:
+        """Set ``stopping``, wait for every thread, and raise the first error, if any.
+
+        Raises:
+            RuntimeError: a thread is still running after ``timeout_s`` (and none failed).
+        """
+        self.stopping.set()
+        ended = self.join(timeout_s)
+        error, self.error = self.error, None
+        if error is not None:
+            raise error
+        if not ended:
+            alive = [t.name for t in self._threads if t.is_alive()]
+            raise RuntimeError(f"{', '.join(alive)} did not stop within {timeout_s:g}s")
+
+
 class BackgroundWorker(StartedWith):
     """Runs :meth:`_work` in one daemon thread from :meth:`start` until :meth:`stop`.
 
@@ -52,9 +129,8 @@ class BackgroundWorker(StartedWith):
 
     def __init__(self, name: str) -> None:
         self.thread_name = name
-        self.error: BaseException | None = None
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._group: ThreadGroup | None = None
 
     @property
     def stopping(self) -> bool:
@@ -62,15 +138,18 @@ class BackgroundWorker(StartedWith):
 
     @property
     def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return self._group is not None and self._group.running
+
+    @property
+    def error(self) -> BaseException | None:
+        """What ended the thread, while it is not yet raised by ``stop``."""
+        return None if self._group is None else self._group.error
 
     def start(self: W) -> W:
-        if self._thread is not None:
+        if self._group is not None:
             raise RuntimeError(f"{self.thread_name} was already started")
         self._before_start()
-        self._thread = threading.Thread(target=self._guarded, name=self.thread_name,
-                                        daemon=True)
-        self._thread.start()
+        self._group = ThreadGroup({self.thread_name: self._work}, stopping=self._stop).start()
         return self
 
     def _before_start(self) -> None:
@@ -82,21 +161,40 @@ class BackgroundWorker(StartedWith):
     def _after_stop(self) -> None:
         """Clean-up once the thread has ended (close clients, subscriptions)."""
 
-    def _guarded(self) -> None:
-        try:
-            self._work()
-        except BaseException as exc:  # raised again by stop(), in the owner's thread
-            self.error = exc
-
     def stop(self, timeout_s: float = 10.0) -> None:
         """Ask the thread to end, wait for it, and raise what ended it, if anything."""
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(self.join_grace_s + timeout_s)
-            if self._thread.is_alive():
-                raise RuntimeError(f"{self.thread_name} did not stop within {timeout_s:g}s")
+        if self._group is not None and not self._group.join(self.join_grace_s + timeout_s):
+            # Still running: its clients stay open, _after_stop would pull them from under it.
+            raise RuntimeError(f"{self.thread_name} did not stop within {timeout_s:g}s")
         self._after_stop()
-        error, self.error = self.error, None
-        if error is not None:
-            raise error
+        if self._group is not None:
+            self._group.stop(0)
 
+
+def run_concurrently(task: Callable[[int], object], *, workers: int, requests: int) -> float:
+    """Run ``task(i)`` for every i in ``range(requests)`` on ``workers`` threads at once.
+
+    The threads are released together by a barrier, so that the first requests really
+    overlap (a surge, a stampede). Returns the wall-clock seconds from release to the last
+    request done. The first exception a task raises stops the others taking new requests
+    and is re-raised here.
+    """
+    barrier = threading.Barrier(workers + 1)
+    next_index = itertools.count()
+
+    def worker() -> None:
+        barrier.wait()
+        while not group.stopping.is_set():
+            i = next(next_index)  # itertools.count is atomic under the GIL
+            if i >= requests:
+                return
+            task(i)
+
+    group = ThreadGroup({f"request worker {n}": worker for n in range(workers)}).start()
+    barrier.wait()
+    start = time.perf_counter()
+    group.join()
+    seconds = time.perf_counter() - start
+    group.stop()
+    return seconds
