@@ -252,3 +252,13 @@ def test_cache_aside_stats_agree_with_redis(client: redis.Redis) -> None:
     delta = counter_delta(before, keyspace_counters(client))
     assert (delta["keyspace_hits"], delta["keyspace_misses"]) == (cache.stats.hits,
                                                                   cache.stats.misses) == (3, 3)
+
+
+def test_every_strategy_named_by_the_package_resolves() -> None:
+    import importlib
+
+    import cachelab.caching as caching
+
+    unresolved = [name for name, module in caching._WHERE.items()
+                  if not hasattr(importlib.import_module(module), name)]
+    assert unresolved == []
