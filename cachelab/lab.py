@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from cachelab.deployment.deployment import ExistingDeployment
     from cachelab.deployment.target import Target
     from cachelab.servers.docker_backend import DockerBackend
+    from cachelab.servers.node import RedisNode
     from cachelab.shop.app import Caching
     from cachelab.shop.server import ApiServer
 
@@ -76,7 +77,7 @@ class Lab:
         self._binary: RedisBinary | None = None
         self._docker: DockerBackend | None = None
         self._existing: ExistingDeployment | None = None
-        self._servers: list[RedisServer] = []
+        self._servers: list[RedisNode] = []
         self._topologies: list[ReplicaSet | SentinelGroup | Cluster] = []
         self._workdir: Path | None = None
         self._shops = 0
@@ -128,8 +129,9 @@ class Lab:
         return self._binary
 
     @property
-    def servers(self) -> list[RedisServer]:
-        """Every server this lab started, topologies' members (and added nodes) included."""
+    def servers(self) -> list[RedisNode]:
+        """Every server this lab started (or the parts of an existing deployment it uses),
+        topologies' members (and added nodes) included."""
         return [*self._servers, *(s for t in self._topologies for s in t.servers)]
 
     def kept_file(self, *parts: str) -> Path:
@@ -162,19 +164,29 @@ class Lab:
             return self._docker.server(self.workdir, name=name, config=config, args=args)
         return RedisServer(self.binary, self.workdir, name=name, config=config, args=args)
 
-    def redis_server(self, name: str = "redis", **config: str) -> RedisServer:
-        """Start a redis-server (config as ``maxmemory="2mb"``) that lives as long as the lab."""
-        if any(s.name == name for s in self.servers):
-            raise ValueError(f"a server named {name!r} already runs in this lab")
-        if self._existing is not None:
-            if config:
-                self._own_servers_only(f"set {', '.join(sorted(config))} on {name!r}")
-            part = self._existing.part(name)
-            self._servers.append(part)
-            return part
+    def redis_server(self, name: str = "redis", **config: str) -> RedisNode:
+        """Start a redis-server (config as ``maxmemory="2mb"``) that lives as long as the lab;
+        on an existing deployment, the part named ``name`` instead (no config allowed)."""
+        if self._existing is None:
+            return self.own_redis_server(name, **config)
+        self._no_server_named(name)
+        if config:
+            self._own_servers_only(f"set {', '.join(sorted(config))} on {name!r}")
+        part = self._existing.part(name)
+        self._servers.append(part)
+        return part
+
+    def own_redis_server(self, name: str = "redis", **config: str) -> RedisServer:
+        """Start a redis-server as :meth:`redis_server` does, for a lesson that stops,
+        restarts or kills it: refused on an existing deployment, which is not the lab's."""
+        self._no_server_named(name)
         server = self._stack.enter_context(self.new_server(name, self._config(config)))
         self._servers.append(server)
         return server
+
+    def _no_server_named(self, name: str) -> None:
+        if any(s.name == name for s in self.servers):
+            raise ValueError(f"a server named {name!r} already runs in this lab")
 
     @property
     def existing(self) -> ExistingDeployment | None:
@@ -232,7 +244,7 @@ class Lab:
         return started
 
     def shop_api(self, caching: Caching = "lazy", *, name: str = "api",
-                 redis_server: RedisServer | None = None, shop: ShopDatabase | None = None,
+                 redis_server: RedisNode | None = None, shop: ShopDatabase | None = None,
                  ttl_s: float = 300.0, page_cache_control: str | None = None,
                  rate_limit: str | None = None) -> ApiServer:
         """The shop API over HTTP, in its own process, with its own Redis and database

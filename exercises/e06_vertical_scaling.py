@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
     from cachelab.caching.migration import Comparison
     from cachelab.lab import Lab
-    from cachelab.servers.redis_server import RedisServer
+    from cachelab.servers.node import RedisNode
     from cachelab.workload.live import LiveWorkload
 
 INFO = ExerciseInfo(
@@ -389,7 +389,7 @@ def read_values(client: redis.Redis, keys: list[str]) -> dict[str, str | None]:
     return values
 
 
-def admin(lab: Lab, server: RedisServer, *, raw: bool = False) -> redis.Redis:
+def admin(lab: Lab, server: RedisNode, *, raw: bool = False) -> redis.Redis:
     """A client for the exercise's own reads; ``raw`` ones keep DUMP payloads as bytes."""
     client = lab.closing(server.client(decode_responses=not raw, socket_timeout=10))
     return client

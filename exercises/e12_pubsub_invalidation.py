@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     import redis
 
     from cachelab.lab import Lab
-    from cachelab.servers.redis_server import RedisServer
+    from cachelab.servers.node import RedisNode
 
 INFO = ExerciseInfo(
     id="exercise-12",
@@ -264,7 +264,7 @@ def seeded_steps(lab: Lab, n_keys: int, services: int, updates: int, away_update
             [step(services - 1) for _ in range(away_updates)])
 
 
-def start_fleet(lab: Lab, client: redis.Redis, server: RedisServer, services: int
+def start_fleet(lab: Lab, client: redis.Redis, server: RedisNode, services: int
                 ) -> list[ServiceProcess]:
     """Start the services at once (each pays Python's start-up), stopped with the lab."""
     fleet = []

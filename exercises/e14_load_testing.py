@@ -28,7 +28,7 @@ from cachelab.workload.measure import LATENCY_COLUMNS, latency_row, ratio
 
 if TYPE_CHECKING:
     from cachelab.lab import Lab
-    from cachelab.servers.redis_server import RedisServer
+    from cachelab.servers.node import RedisNode
     from cachelab.shop.app import Caching
     from cachelab.shop.database import ShopDatabase
     from cachelab.shop.server import ApiServer
@@ -166,7 +166,7 @@ class Mode:
 
 
 def start_apis(lab: Lab, db: ShopDatabase,
-               servers: list[tuple[Caching, str, RedisServer]]) -> list[ApiServer]:
+               servers: list[tuple[Caching, str, RedisNode]]) -> list[ApiServer]:
     """``lab.shop_api`` for several servers at once: each spends a second or two
     importing its framework, so they start side by side; the lab stops them all."""
     from cachelab.shop.server import ApiServer

@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING, Annotated
 from cachelab.exercise import ExerciseInfo, Opt, Result
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     import redis
 
     from cachelab.caching.resharding import (
@@ -42,6 +44,7 @@ if TYPE_CHECKING:
     )
     from cachelab.caching.sharding import ShardRing
     from cachelab.lab import Lab
+    from cachelab.servers.node import RedisNode
     from cachelab.servers.redis_server import RedisServer
     from cachelab.servers.topology import Cluster
 
@@ -156,7 +159,7 @@ def _move_detail(name: str, moves: Movement, theory: float) -> str:
             f"theory {theory:.3f}, off by {abs(moves.fraction - theory):.3f}")
 
 
-def _clients(lab: Lab, servers: list[RedisServer]) -> dict[str, redis.Redis]:
+def _clients(lab: Lab, servers: Sequence[RedisNode]) -> dict[str, redis.Redis]:
     return {server.name: lab.closing(server.client()) for server in servers}
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +10,7 @@ import psutil
 import pytest
 
 from cachelab.lab import Lab, LabSettings
+from cachelab.servers import reaper
 from cachelab.servers.redis_binary import RedisBinary, find_redis_server
 
 
@@ -38,24 +38,14 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Itera
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("COLUMNS", "120")
     yield
+    # What was started and never stopped (servers, containers, child processes), stopped
+    # now; a server started by hand is caught by the process check below.
+    unstopped = reaper.reap()
+    assert not unstopped, f"started and never stopped: {unstopped}"
     leaked = redis_children()
     for process in leaked:
         process.kill()
     assert not leaked, f"redis-server left running: {[p.pid for p in leaked]}"
-    containers = docker_servers_left()
-    assert not containers, f"redis containers left running: {containers}"
-
-
-def docker_servers_left() -> list[str]:
-    """Container-backed servers of this process not torn down (removed now): cheap, no
-    engine call, and nothing at all when no test used the docker backend."""
-    backend = sys.modules.get("cachelab.servers.docker_backend")
-    if backend is None:
-        return []
-    left = list(backend._LIVE)
-    for server in left:
-        server.kill()
-    return [repr(server) for server in left]
 
 
 @pytest.fixture(scope="session")

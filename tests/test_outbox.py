@@ -244,8 +244,9 @@ def test_an_orphaned_listener_exits(
     port, client = server_client
     parent_code = (
         "import os, subprocess, sys, time\n"
-        "child = subprocess.Popen([sys.executable, '-m', 'cachelab.children.outbox', '--db', "
-        f"{str(db.path)!r}, '--redis-port', '{port}', '--parent-pid', str(os.getpid())])\n"
+        "child = subprocess.Popen([sys.executable, '-m', 'cachelab.children', "
+        f"'outbox-listener', '--db', {str(db.path)!r}, '--redis-port', '{port}', "
+        "'--parent-pid', str(os.getpid())])\n"
         "print(child.pid, flush=True)\n"
         "time.sleep(60)\n")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(

@@ -1,4 +1,5 @@
-"""RedisServer, port claims and find_redis_server, all on real redis-server processes."""
+"""RedisServer and the other nodes, port claims and find_redis_server, all on real
+redis-server processes."""
 
 from __future__ import annotations
 
@@ -15,9 +16,11 @@ from types import SimpleNamespace
 import psutil
 import pytest
 
+from cachelab.deployment.target import CHILD_ENV, TargetRefused, parse_target
 from cachelab.errors import RedisServerNotFound, ServerStartError
-from cachelab.lab import Lab
+from cachelab.lab import Lab, LabSettings
 from cachelab.servers import ports as _ports
+from cachelab.servers.node import RedisNode
 from cachelab.servers.ports import PORT_RANGE, claim_port
 from cachelab.servers.redis_binary import ENV_VAR, INSTALL_HINT, RedisBinary, find_redis_server
 from cachelab.servers.redis_server import RedisServer
@@ -261,3 +264,26 @@ def test_found_binary_runs(redis_binary: RedisBinary, tmp_path: Path) -> None:
     """Whatever find_redis_server picked is a redis-server that reports its version."""
     with RedisServer(redis_binary, tmp_path) as server, server.client() as client:
         assert client.info("server")["redis_version"] == redis_binary.version
+
+
+def test_a_deployments_part_is_a_node_but_not_a_server_the_lab_can_stop() -> None:
+    with Lab() as outer:
+        theirs = outer.own_redis_server("theirs")
+        settings = LabSettings(target=parse_target(redis_url=theirs.url))
+        with Lab(settings) as lab:
+            part = lab.redis_server("cache")
+            assert isinstance(part, RedisNode) and not isinstance(part, RedisServer)
+            assert (part.name, part.host, part.port, part.pid) == ("cache", "127.0.0.1",
+                                                                  theirs.port, None)
+            assert part.prefix.startswith("cachelab:{") and part.prefix.endswith(":cache:")
+            assert CHILD_ENV in part.child_env()
+            with part.client() as client:
+                client.set(f"{part.prefix}k", 1)
+            assert lab.servers == [part]
+            with pytest.raises(TargetRefused, match="servers it starts"):
+                lab.own_redis_server("mine")
+            with pytest.raises(TargetRefused, match="maxmemory"):
+                lab.redis_server("small", maxmemory="1mb")
+            part.clear()
+            assert theirs.client().keys(f"{part.prefix}*") == []
+        assert [s.name for s in outer.servers] == ["theirs"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,7 +17,7 @@ if TYPE_CHECKING:
 
 
 class ListenerProcess(ChildProcess):
-    """The listener as its own OS process (``python -m cachelab.children.outbox``).
+    """The listener as its own OS process (``python -m cachelab.children outbox-listener``).
 
     It runs in its own session (a terminal's Ctrl-C reaches only the lab, which then
     stops it), exits by itself when its parent dies or after ``max_seconds``, and writes
@@ -38,18 +37,18 @@ class ListenerProcess(ChildProcess):
                  list_size: int = 10, batch: int = 100, poll_ms: float = 1.0, rewind: int = 0,
                  max_seconds: float = 120.0, ready_timeout_s: float = 20.0) -> None:
         super().__init__(
-            client, module=__name__, ready_key=LISTENER_KEY,
+            client, program="outbox-listener", ready_key=LISTENER_KEY,
             label="outbox listener", log_path=log_path, ready_timeout_s=ready_timeout_s,
             args=["--db", str(db_path), "--redis-port", str(redis_port), "--list-size",
                   str(list_size), "--batch", str(batch), "--poll-ms", str(poll_ms),
                   "--rewind", str(rewind), "--max-seconds", str(max_seconds)])
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str]) -> int:
     """The listener process: apply the outbox until SIGTERM, its parent's death or a deadline."""
     import redis
 
-    parser = argparse.ArgumentParser(prog="python -m cachelab.children.outbox",
+    parser = argparse.ArgumentParser(prog="python -m cachelab.children outbox-listener",
                                      description=main.__doc__)
     parser.add_argument("--db", type=Path, required=True)
     parser.add_argument("--redis-port", type=int, required=True)
@@ -73,7 +72,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         client.close()
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -59,7 +58,7 @@ class HammerProcess(ChildProcess):
         max_seconds: it exits by itself after this long.
         key_prefix: the server's ``prefix``, which starts its own keys (ready, go,
             results); the child reads it from ``env``.
-        env: ``RedisServer.child_env()``: another Redis than ``redis_port``, if any.
+        env: ``RedisNode.child_env()``: another Redis than ``redis_port``, if any.
     """
 
     def __init__(self, client: redis.Redis, *, name: str, redis_port: int,
@@ -72,7 +71,8 @@ class HammerProcess(ChildProcess):
                 *(a for spec in specs for a in ("--spec", str(spec)))]
         if api_url:
             args += ["--api-url", api_url]
-        super().__init__(client, module=__name__, args=args, label=f"client {name}",
+        super().__init__(client, program="rate-limit-client", args=args,
+                         label=f"client {name}",
                          ready_key=_client_key(name, "ready", key_prefix), log_path=log_path,
                          env=env)
         self.name = name
@@ -139,11 +139,11 @@ def _hit_api(session: Any, out: dict[str, Any]) -> None:
         out["errors"] += 1
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str]) -> int:
     """A client process: hammer limiters (and the API) when told, report, exit."""
     from cachelab.deployment.deployment import child_prefix, client_from_env
 
-    parser = argparse.ArgumentParser(prog="python -m cachelab.children.rate_limit",
+    parser = argparse.ArgumentParser(prog="python -m cachelab.children rate-limit-client",
                                      description=main.__doc__)
     parser.add_argument("--name", required=True)
     parser.add_argument("--redis-port", type=int, required=True)
@@ -168,7 +168,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         client.close()
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

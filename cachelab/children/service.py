@@ -1,6 +1,6 @@
 """A service process with in-process caches, driven through Redis by the lab.
 
-Each service (``python -m cachelab.children.service``) is its own OS process in front of
+Each service (``python -m cachelab.children service``) is its own OS process in front of
 the shared Redis, with one :class:`LocalCache` per bus (``none``, ``pubsub``,
 ``stream``, ``tracking``) and a subscriber for each bus that has one. It takes
 commands from its list ``svc:<name>:cmd`` and answers on ``svc:<name>:replies``, so
@@ -9,7 +9,7 @@ sees it. Every invalidation it handles is recorded in Redis: the drop time (wall
 clock, the same clock the writer stamped the message with) per key, and a log line.
 
 On an existing deployment the parent passes its address in the environment
-(``RedisServer.child_env``) and every key, channel, stream and connection name below
+(``RedisNode.child_env``) and every key, channel, stream and connection name below
 starts with its prefix (``key_prefix``); on a server the lab owns that prefix is "".
 """
 
@@ -19,7 +19,6 @@ import argparse
 import itertools
 import json
 import os
-import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -241,7 +240,7 @@ class ServiceProcess(ChildProcess):
         max_seconds: it stops by itself after this long.
         reply_timeout_s: how long a command may take before it counts as lost.
         key_prefix: the server's ``prefix``, which the child reads from ``env``.
-        env: ``RedisServer.child_env()``: another Redis than ``redis_port``, if any.
+        env: ``RedisNode.child_env()``: another Redis than ``redis_port``, if any.
     """
 
     def __init__(self, client: redis.Redis, *, name: str, redis_port: int, log_path: Path,
@@ -249,7 +248,7 @@ class ServiceProcess(ChildProcess):
                  reply_timeout_s: float = 10.0, key_prefix: str = "",
                  env: Mapping[str, str] | None = None) -> None:
         super().__init__(
-            client, module="cachelab.children.service", ready_key=ready_key(name, key_prefix),
+            client, program="service", ready_key=ready_key(name, key_prefix),
             label=f"service {name}", log_path=log_path, ready_timeout_s=ready_timeout_s,
             args=["--name", name, "--redis-port", str(redis_port),
                   "--max-seconds", str(max_seconds)], env=env)
@@ -291,9 +290,9 @@ class ServiceProcess(ChildProcess):
         return self.receive(self.send(op, **args))
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str]) -> int:
     """A service: serve commands until SIGTERM, its parent's death or a deadline."""
-    parser = argparse.ArgumentParser(prog="python -m cachelab.children.service",
+    parser = argparse.ArgumentParser(prog="python -m cachelab.children service",
                                      description=main.__doc__)
     parser.add_argument("--name", required=True)
     parser.add_argument("--redis-port", type=int, required=True)
@@ -311,7 +310,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         service.stop()
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

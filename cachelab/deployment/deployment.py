@@ -51,12 +51,11 @@ from cachelab.deployment.target import (
     PASSWORD_ENV,
     DeploymentUnreachable,
     Target,
-    TargetRefused,
     mask,
     with_credentials,
 )
 from cachelab.errors import EnvironmentProblem
-from cachelab.servers.redis_server import RedisServer
+from cachelab.servers.node import RedisNode
 
 
 @dataclass(frozen=True)
@@ -135,17 +134,16 @@ def _at(url: str, host: str, port: int) -> str:
     return urlunsplit(parts._replace(netloc=f"{auth}{host}:{port}"))
 
 
-class ExistingRedis(RedisServer):
+class ExistingRedis(RedisNode):
     """A named part of an existing deployment, in the place of a server the lab would
-    start: its keys live under ``prefix``, its clients obey the guard, and it cannot be
-    stopped, killed or restarted, because cachelab does not own it."""
+    start: its keys live under ``prefix``, and its clients obey the guard. It has no
+    start, stop or kill: cachelab does not own it (exercises that need those start
+    their own servers, and the runner refuses them a deployment)."""
 
     def __init__(self, deployment: ExistingDeployment, name: str) -> None:
-        self.name = name
+        super().__init__(name, host=deployment.address.host,
+                         prefix=f"{deployment.prefix}{name}:")
         self.deployment = deployment
-        self.prefix = f"{deployment.prefix}{name}:"
-        self.host = deployment.address.host
-        self.config = {}
 
     @property
     def port(self) -> int:
@@ -174,16 +172,6 @@ class ExistingRedis(RedisServer):
         """How a child process reaches this part: see :func:`client_from_env`."""
         return {CHILD_ENV: json.dumps({"url": self.deployment.address.url,
                                        "prefix": self.prefix})}
-
-    def start(self) -> ExistingRedis:
-        return self
-
-    def stop(self) -> None:
-        """Nothing to stop: the deployment outlives the run (its keys are deleted)."""
-
-    def kill(self) -> None:
-        raise TargetRefused(f"{self.name} is part of an existing deployment "
-                            f"({self.deployment.target.flag}); cachelab does not stop it")
 
     def __repr__(self) -> str:
         return f"ExistingRedis({self.name!r}, {self.url})"

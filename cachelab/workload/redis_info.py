@@ -15,7 +15,7 @@ CLUSTER_SLOTS = 16384
 class Node(Protocol):
     """One Redis node as the harness and the strategies see it: a name, an address and
     clients. A server the lab starts, a container and a part of an existing deployment
-    all are one."""
+    all are one: the read-only view of :class:`cachelab.servers.node.RedisNode`."""
 
     @property
     def name(self) -> str: ...
