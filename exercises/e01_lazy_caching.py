@@ -80,8 +80,7 @@ def run(
     server = lab.redis_server()
     cache = lab.closing(server.client())
     db = lab.shop()
-    # The prefix is "" on a server the lab starts, the run's own on an existing deployment.
-    profiles = CacheAside(cache, namespace=f"{server.prefix}user", loader=db.user_profile,
+    profiles = CacheAside(cache, namespace=server.keys("user"), loader=db.user_profile,
                           ttl_s=ttl_s, jitter=jitter, rng=lab.rng("ttl"))
     shared = lab.existing is not None
 
@@ -106,7 +105,7 @@ def run(
     def id_of(key: str) -> int:
         return int(key.rsplit(":", 1)[1])  # the prefix has colons of its own
 
-    keys = sorted(cache.scan_iter(f"{profiles.namespace}:*", count=1000), key=id_of)
+    keys = sorted(cache.scan_iter(server.keys.pattern("user:*"), count=1000), key=id_of)
     ttls_ms: list[int] = []
     sample: list[list[object]] = []
     matching = 0
@@ -121,7 +120,7 @@ def run(
     ttl_ok = sum(low_ms - elapsed_ms - 1000 <= t <= high_ms for t in ttls_ms)
 
     # Expiry: a short-lived copy expires and the next read goes to the database again.
-    short = CacheAside(cache, namespace=f"{server.prefix}user-short-ttl",
+    short = CacheAside(cache, namespace=server.keys("user-short-ttl"),
                        loader=db.user_profile, ttl_s=expiry_ttl_s)
     user_id = keys and id_of(keys[0]) or 1
     timeline = []

@@ -99,8 +99,7 @@ def run(
         executions[query_key(sql, p)] += 1
         return db.query(sql, p)
 
-    # The prefix is "" on a server the lab starts, the run's own on an existing deployment.
-    reports = QueryCache(cache, run_query, ttl_s=ttl_s, namespace=f"{server.prefix}query")
+    reports = QueryCache(cache, run_query, ttl_s=ttl_s, namespace=server.keys("query"))
     cached = LatencyHistogram()
     q0, started = db.queries, time.monotonic()
     for p in lab.track(stream, "cached reports", requests):
@@ -120,7 +119,7 @@ def run(
     respelled_queries = db.queries - before
 
     short = QueryCache(cache, db.query, ttl_s=expiry_ttl_s,
-                       namespace=f"{server.prefix}query-short-ttl")
+                       namespace=server.keys("query-short-ttl"))
     q0 = db.queries
     short.rows(REPORT_SQL, asked[0])
     expired_after = wait_for_expiry(cache, short.key((REPORT_SQL, asked[0])),

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 
 from cachelab.caching import CacheAside
 from cachelab.exercise import ExerciseInfo, Opt, Result
+from cachelab.workload.keyspace import Keyspace
 from cachelab.workload.measure import key_sampler
 
 if TYPE_CHECKING:
@@ -74,10 +75,10 @@ class Outcome:
 
 
 def play(lab: Lab, cache: redis.Redis, db: ShopDatabase, strategy: Strategy, *,
-         operations: int, update_ratio: float, ttl_s: float, prefix: str = "") -> Outcome:
+         operations: int, update_ratio: float, ttl_s: float, keys: Keyspace) -> Outcome:
     """Run the seeded stream against ``db`` through a cache-aside with ``strategy``;
-    its keys start with ``prefix`` (the server's: "" on one the lab starts)."""
-    profiles = CacheAside(cache, namespace=f"{prefix}user-{strategy}",
+    its keys are named by ``keys``, the server's."""
+    profiles = CacheAside(cache, namespace=keys(f"user-{strategy}"),
                           loader=db.user_profile, ttl_s=ttl_s)
     rng = lab.rng("operations")  # the same stream for both strategies
     next_user = key_sampler(db.size.users, "zipf", zipf_s=1.1, rng=lab.rng("users"))
@@ -124,7 +125,7 @@ def run(
     cache = lab.closing(server.client())
     runs = {strategy: play(lab, cache, lab.shop(f"shop-{strategy}"), strategy,
                            operations=operations, update_ratio=update_ratio, ttl_s=ttl_s,
-                           prefix=server.prefix)
+                           keys=server.keys)
             for strategy in ("invalidate", "ttl-only")}
     inv, ttl = runs["invalidate"], runs["ttl-only"]
 

@@ -132,7 +132,8 @@ class BusOutcome:
 class Driver:
     """The lab's side: sends updates and reads to the services and checks them with Redis.
 
-    ``prefix`` starts every key and connection name (the server's; "" on its own server).
+    ``prefix`` (the server's ``keys.prefix``, as the services get it) starts every key and
+    connection name.
     """
 
     def __init__(self, client: redis.Redis, fleet: list[ServiceProcess], window_s: float,
@@ -271,7 +272,7 @@ def start_fleet(lab: Lab, client: redis.Redis, server: RedisServer, services: in
     for i in range(1, services + 1):
         service = ServiceProcess(client, name=f"svc-{i}", redis_port=server.port,
                                  log_path=lab.workdir / f"svc-{i}.log",
-                                 key_prefix=server.prefix, env=server.child_env())
+                                 key_prefix=server.keys.prefix, env=server.child_env())
         lab.callback(service.stop)
         fleet.append(service.launch())
     lab.callback(lambda: stop_all(fleet))  # runs before the callbacks above
@@ -305,11 +306,11 @@ def run(
     pipe = client.pipeline(transaction=False)
     for bus in BUSES:
         for profile in profiles:
-            pipe.set(data_key(bus, profile["id"], server.prefix), json.dumps(profile))
+            pipe.set(data_key(bus, profile["id"], server.keys.prefix), json.dumps(profile))
     pipe.execute()
 
     fleet = start_fleet(lab, client, server, services)
-    driver = Driver(client, fleet, window_s, server.prefix)
+    driver = Driver(client, fleet, window_s, server.keys.prefix)
     steps, away_steps = seeded_steps(lab, n_keys, services, updates, disconnected_updates,
                                      reads_per_update)
     runs = {bus: play(lab, driver, bus, steps, away_steps, n_keys) for bus in BUSES}
@@ -400,7 +401,7 @@ def run(
                 "connection itself, and a broken redirect is reported as tracking-redir-broken.")
     if lab.existing is not None:
         result.note(f"On this shared Redis every key, channel, stream and connection name "
-                    f"starts with {server.prefix!r}, except {TRACKING_CHANNEL}, the channel "
+                    f"starts with {server.keys.prefix!r}, except {TRACKING_CHANNEL}, the channel "
                     "Redis sends a redirect connection its invalidations on. Other clients' "
                     "traffic adds to the propagation times.")
     return result

@@ -238,24 +238,23 @@ def run(
     result = Result()
     server = lab.redis_server()
     client = lab.closing(server.client())
-    prefix = server.prefix  # "" on a server the lab starts; the run's on a deployment
     db = lab.shop()
     install_change_capture(db.path, DEPENDENT_TABLES + UNRELATED_TABLES, CONTEXT)
 
-    indexes = {"table": DependencyIndex(client, prefix=f"{prefix}deps-table"),
-               "row": DependencyIndex(client, prefix=f"{prefix}deps-row")}
+    indexes = {"table": DependencyIndex(client, prefix=server.keys("deps-table")),
+               "row": DependencyIndex(client, prefix=server.keys("deps-row"))}
     caches = {
         "table": DependentQueryCache(client, db.query, index=indexes["table"],
                                      tags=lambda p, rows: table_tags(DEPENDENT_TABLES),
-                                     ttl_s=ttl_s, namespace=f"{prefix}report-table"),
+                                     ttl_s=ttl_s, namespace=server.keys("report-table")),
         "row": DependentQueryCache(client, db.query, index=indexes["row"], tags=report_tags,
-                                   ttl_s=ttl_s, namespace=f"{prefix}report-row"),
+                                   ttl_s=ttl_s, namespace=server.keys("report-row")),
         "none": QueryCache(client, db.query, ttl_s=ttl_s,
-                           namespace=f"{prefix}report-none"),
+                           namespace=server.keys("report-none")),
     }
     notifier = ChangeNotifier(db.path, client, {"table": (indexes["table"], table_rule),
                                                 "row": (indexes["row"], report_rule)},
-                              cursor_key=f"{prefix}deps:changes:last_id")
+                              cursor_key=server.keys("deps:changes:last_id"))
     lab.callback(notifier.close)
     notifier.skip_to_end()
 
@@ -420,7 +419,7 @@ def run(
     result.note("Try --write-ratio 0.6 for a write-heavy shop, or --distinct-queries 48 to "
                 "put several entries in each city.")
     if lab.existing is not None:
-        result.note(f"On this existing deployment the entries, their dependency sets and the "
-                    f"notifier's cursor are under {prefix}; every count above is this run's "
-                    "own, so it matches a local run with the same seed.")
+        result.note("On this existing deployment the entries, their dependency sets and the "
+                    f"notifier's cursor are under {server.keys.prefix}; every count above is "
+                    "this run's own, so it matches a local run with the same seed.")
     return result

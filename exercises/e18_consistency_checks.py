@@ -283,14 +283,13 @@ def run(
     result = Result()
     server = lab.redis_server()
     cache = lab.closing(server.client())
-    prefix = server.prefix  # "" on a server the lab starts; the run's on a deployment
     db = lab.shop()
     keys = min(keys, db.size.users)
     sample_size = min(sample_size, keys)
 
     # Part 1: fill, break at a known rate, then let the checker find it on its own.
-    checker = ConsistencyChecker(cache, namespace=f"{prefix}profile",
-                                 registry=f"{prefix}index:profile",
+    checker = ConsistencyChecker(cache, namespace=server.keys("profile"),
+                                 registry=server.keys("index:profile"),
                                  load_many=profile_loader(db), ttl_s=ttl_s)
     ids = list(range(1, keys + 1))
     checker.store(profile_loader(db)(ids))
@@ -319,14 +318,14 @@ def run(
     existing = [row["id"] for row in db.rows("SELECT id FROM users ORDER BY id")]
     race_rng = lab.rng("race")
     strategies: list[tuple[str, NaiveCache]] = [
-        ("naive", NaiveCache(cache, namespace=f"{prefix}race-naive", ttl_s=ttl_s)),
-        ("lease", LeaseCache(cache, namespace=f"{prefix}race-lease", ttl_s=ttl_s)),
-        ("versioned", VersionedCache(cache, namespace=f"{prefix}race-versioned", ttl_s=ttl_s)),
+        ("naive", NaiveCache(cache, namespace=server.keys("race-naive"), ttl_s=ttl_s)),
+        ("lease", LeaseCache(cache, namespace=server.keys("race-lease"), ttl_s=ttl_s)),
+        ("versioned", VersionedCache(cache, namespace=server.keys("race-versioned"), ttl_s=ttl_s)),
         (f"double delete ({double_delete_delay_ms:g} ms)",
-         DoubleDeleteCache(cache, namespace=f"{prefix}race-dd", ttl_s=ttl_s,
+         DoubleDeleteCache(cache, namespace=server.keys("race-dd"), ttl_s=ttl_s,
                            delay_s=double_delete_delay_ms / 1000)),
         (f"double delete ({short_delay_ms:g} ms)",
-         DoubleDeleteCache(cache, namespace=f"{prefix}race-dd-short", ttl_s=ttl_s,
+         DoubleDeleteCache(cache, namespace=server.keys("race-dd-short"), ttl_s=ttl_s,
                            delay_s=short_delay_ms / 1000)),
     ]
     races = [run_race(lab, db, strategy, race_rng.sample(existing, min(race_trials,
@@ -441,8 +440,9 @@ def run(
     result.note("In a live system, a checker's own refresh has the same race: re-read a "
                 "flagged entry before repairing it, or repair with a versioned set.")
     if lab.existing is not None:
-        result.note(f"On this existing deployment the profiles are {prefix}profile:<id>, "
-                    f"listed in {prefix}index:profile. The full scan's SCAN MATCH "
-                    f"{prefix}profile:* still walks the whole shared keyspace, so it takes "
-                    "longer than locally, but it sees this run's keys only.")
+        result.note("On this existing deployment the profiles are "
+                    f"{server.keys('profile')}:<id>, listed in {server.keys('index:profile')}. "
+                    f"The full scan's SCAN MATCH {server.keys.pattern('profile:*')} still walks "
+                    "the whole shared keyspace, so it takes longer than locally, but it sees "
+                    "this run's keys only.")
     return result

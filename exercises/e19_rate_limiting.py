@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from cachelab.exercise import ExerciseInfo, Opt, Result
+from cachelab.workload.keyspace import Keyspace
 
 if TYPE_CHECKING:
     import redis
@@ -76,8 +77,8 @@ INFO = ExerciseInfo(
     headline="max_in_any_window_fixed",
 )
 
-PREFIX = "ratelimit"  # the direct limiters' (after the server's prefix); the API's own
-# live under ratelimit:api
+PREFIX = "ratelimit"  # the direct limiters', named by the server: server.keys(PREFIX); the
+# API's own live under ratelimit:api
 PLACEMENT_ATTEMPTS = 5
 
 
@@ -99,15 +100,16 @@ class Burst:
 class TtlSampler:
     """Reads the TTL of every limiter key, as often as it is asked."""
 
-    def __init__(self, client: redis.Redis, prefix: str) -> None:
+    def __init__(self, client: redis.Redis, keys: Keyspace) -> None:
         self.client = client
-        self.prefix = prefix
+        self.prefix = keys(PREFIX)
+        self.match = keys.pattern(f"{PREFIX}:*")
         self.samples = 0
         self.without_ttl: set[str] = set()
         self.seen: set[str] = set()
 
     def sample(self) -> None:
-        keys = list(self.client.scan_iter(match=f"{self.prefix}:*", count=1000))
+        keys = list(self.client.scan_iter(match=self.match, count=1000))
         pipe = self.client.pipeline(transaction=False)
         for key in keys:
             pipe.pttl(key)
@@ -218,8 +220,8 @@ def run(
     db = ShopDatabase(shop_path, latency_ms=lab.settings.db_latency_ms, size=size)
     lab.callback(db.close)
 
-    # The API server puts its limiter's keys under {server.prefix}ratelimit:api itself.
-    prefix, results = f"{server.prefix}{PREFIX}", results_key(server.prefix)
+    # The API server puts its limiter's keys under server.keys("ratelimit:api") itself.
+    prefix, results = server.keys(PREFIX), results_key(server.keys.prefix)
     specs = [LimitSpec(algorithm, limit, window_s) for algorithm in ALGORITHMS]
     limiters = [spec.limiter(client, prefix=prefix) for spec in specs]
     by_name = {lim.algorithm: lim for lim in limiters}
@@ -233,7 +235,7 @@ def run(
     hammers = [HammerProcess(client, name=f"client-{i}", redis_port=server.port, specs=specs,
                              prefix=prefix, identity="hammer", api_url=api.url,
                              log_path=lab.workdir / f"client-{i}.log",
-                             max_seconds=duration_s + 120, key_prefix=server.prefix,
+                             max_seconds=duration_s + 120, key_prefix=server.keys.prefix,
                              env=server.child_env())
                for i in range(1, clients + 1)]
     children = [api, *hammers]
@@ -242,7 +244,7 @@ def run(
         child.launch()
 
     # 1. The burst across a boundary, from this process.
-    sampler = TtlSampler(client, prefix)
+    sampler = TtlSampler(client, server.keys)
     burst = boundary_burst(client, limiters, limit, window_us)
     sampler.sample()
 

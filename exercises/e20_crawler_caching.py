@@ -24,8 +24,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any
 
+from cachelab.caching.http_cache import PAGE_NAMESPACE
 from cachelab.errors import UsageError
 from cachelab.exercise import ExerciseInfo, Opt, Result
+from cachelab.workload.keyspace import Keyspace
 from cachelab.workload.measure import LatencyHistogram, command_calls
 
 if TYPE_CHECKING:
@@ -267,14 +269,14 @@ def run(
         # The client cache stores a few pages now; they go stale while the recrawls go on.
         client_cache = ClientCache(lab, api, cache, client_ids, policy)
         client_cache.read_fresh()
-        _check_redis_pages(result, cache, redis_server.prefix, cached)
+        _check_redis_pages(result, cache, redis_server.keys, cached)
         _check_speed(result, cold, cached)
         recrawl = crawler.crawl("conditional recrawl", ids, conditional=True)
         _check_recrawl(result, recrawl, cold, n)
 
         before_update = {i: crawler.held[i] for i in changed_ids}
         _update_products(lab, http, db, changed_ids)
-        _check_invalidation(result, cache, redis_server.prefix, changed_ids, unchanged_ids)
+        _check_invalidation(result, cache, redis_server.keys, changed_ids, unchanged_ids)
         after = crawler.crawl("recrawl after updates", ids, conditional=True)
         fresh = _check_changed(result, after, before_update, db, k)
 
@@ -338,9 +340,10 @@ def run(
     result.note(f"Each cold page paid a database round trip ({db.describe_latency()}); try "
                 "--db-latency-ms 0, or --pages 200 --changed 50.")
     if lab.existing is not None:
-        result.note(f"Redis is the existing deployment: pages live under {redis_server.prefix}"
-                    "api:page:, and the client-cache table's page lookups are the API's own "
-                    "count, since the shared server's HGETALL calls include other clients'.")
+        result.note("Redis is the existing deployment: pages live under "
+                    f"{redis_server.keys(PAGE_NAMESPACE)}:, and the client-cache table's page "
+                    "lookups are the API's own count, since the shared server's HGETALL calls "
+                    "include other clients'.")
     return result
 
 
@@ -368,10 +371,11 @@ def _check_headers(result: Result, crawl: Crawl, policy: CachePolicy) -> None:
                  + (f"; {'; '.join(problems)}" if problems else ""))
 
 
-def _check_redis_pages(result: Result, cache: redis.Redis, prefix: str, crawl: Crawl) -> None:
+def _check_redis_pages(result: Result, cache: redis.Redis, keys: Keyspace, crawl: Crawl
+                       ) -> None:
     same = 0
     for f in crawl.fetches:
-        key = _page_key(prefix, f.product_id)
+        key = _page_key(keys, f.product_id)
         stored: dict[str, str] = cache.hgetall(key)  # type: ignore[assignment]
         same += (stored.get("html", "").encode() == f.body and stored.get("etag") == f.etag
                  and cache.pttl(key) > 0)
@@ -422,10 +426,10 @@ def _update_products(lab: Lab, http: httpx.Client, db: ShopDatabase,
         reply.raise_for_status()
 
 
-def _check_invalidation(result: Result, cache: redis.Redis, prefix: str,
+def _check_invalidation(result: Result, cache: redis.Redis, keys: Keyspace,
                         changed_ids: Sequence[int], unchanged_ids: Sequence[int]) -> None:
-    gone = sum(not cache.exists(_page_key(prefix, i)) for i in changed_ids)
-    kept = sum(bool(cache.exists(_page_key(prefix, i))) for i in unchanged_ids)
+    gone = sum(not cache.exists(_page_key(keys, i)) for i in changed_ids)
+    kept = sum(bool(cache.exists(_page_key(keys, i))) for i in unchanged_ids)
     result.check("a product update removes exactly its page from Redis",
                  gone == len(changed_ids) and kept == len(unchanged_ids),
                  f"{gone}/{len(changed_ids)} changed pages gone, {kept}/{len(unchanged_ids)} "
@@ -632,12 +636,10 @@ class ClientRead:
         return [self.product_id, self.reply.status_code, how, went, self.lookups, self.queries]
 
 
-def _page_key(prefix: str, product_id: int) -> str:
-    """Where the API's page cache keeps a product's page (the API puts its server's
-    ``prefix`` before every key: "" on the lab's own server)."""
-    from cachelab.caching.http_cache import PAGE_NAMESPACE
-
-    return f"{prefix}{PAGE_NAMESPACE}:{product_id}"
+def _page_key(keys: Keyspace, product_id: int) -> str:
+    """Where the API's page cache keeps a product's page (the API names its keys in its
+    server's keyspace, as the lab does)."""
+    return keys(f"{PAGE_NAMESPACE}:{product_id}")
 
 
 def _product(db: ShopDatabase, product_id: int) -> dict[str, Any]:

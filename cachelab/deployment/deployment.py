@@ -57,6 +57,7 @@ from cachelab.deployment.target import (
 )
 from cachelab.errors import EnvironmentProblem
 from cachelab.servers.redis_server import RedisServer
+from cachelab.workload.keyspace import Keyspace, glob_escape
 
 
 @dataclass(frozen=True)
@@ -137,13 +138,13 @@ def _at(url: str, host: str, port: int) -> str:
 
 class ExistingRedis(RedisServer):
     """A named part of an existing deployment, in the place of a server the lab would
-    start: its keys live under ``prefix``, its clients obey the guard, and it cannot be
-    stopped, killed or restarted, because cachelab does not own it."""
+    start: its keys live under the run's prefix and its name (``keys``), its clients obey
+    the guard, and it cannot be stopped, killed or restarted: cachelab does not own it."""
 
     def __init__(self, deployment: ExistingDeployment, name: str) -> None:
         self.name = name
         self.deployment = deployment
-        self.prefix = f"{deployment.prefix}{name}:"
+        self.keys = Keyspace(f"{deployment.prefix}{name}:")
         self.host = deployment.address.host
         self.config = {}
 
@@ -163,17 +164,17 @@ class ExistingRedis(RedisServer):
     def client(self, **kwargs: Any) -> redis.Redis:
         kwargs.setdefault("decode_responses", True)
         client: redis.Redis = self.deployment.address.client(
-            self.deployment.guard(self.prefix), **kwargs)
+            self.deployment.guard(self.keys.prefix), **kwargs)
         return client
 
     def clear(self) -> None:
         """Drop this part's keys, and no others (there is no FLUSHALL here)."""
-        self.deployment.delete_keys(self.prefix)
+        self.deployment.delete_keys(self.keys.prefix)
 
     def child_env(self) -> dict[str, str]:
         """How a child process reaches this part: see :func:`client_from_env`."""
         return {CHILD_ENV: json.dumps({"url": self.deployment.address.url,
-                                       "prefix": self.prefix})}
+                                       "prefix": self.keys.prefix})}
 
     def start(self) -> ExistingRedis:
         return self
@@ -297,10 +298,6 @@ def unlink_under(address: Address, guard: KeyGuard, prefix: str) -> int:
         if batch:
             deleted += int(client.unlink(*batch))
     return deleted
-
-
-def glob_escape(text: str) -> str:
-    return "".join(f"\\{c}" if c in "*?[]\\" else c for c in text)
 
 
 def client_from_env(fallback_url: str | None = None, *, asyncio: bool = False,
