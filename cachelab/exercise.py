@@ -35,7 +35,9 @@ class ExerciseInfo:
         walkthrough: the steps the exercise performs, in order.
         fixtures: what it starts (``redis``, ``shop-db``, ...).
         checks: the claims it checks, by the names its Result uses.
-        headline: the metric shown for it in ``run all`` summaries.
+        metrics: the numbers it measures, by the names its Result uses (stable names:
+            reports and comparisons key on them).
+        headline: the metric shown for it in ``run all`` summaries, one of ``metrics``.
         own_servers: why it must start its own servers (it restarts, kills or
             reconfigures them, or needs replicas or a cluster of its own); empty when it
             can run on an existing deployment (``--redis-url`` and friends).
@@ -49,6 +51,7 @@ class ExerciseInfo:
     walkthrough: tuple[str, ...]
     fixtures: tuple[str, ...]
     checks: tuple[str, ...]
+    metrics: tuple[str, ...]
     headline: str
     own_servers: str = ""
 

@@ -108,6 +108,13 @@ def load_exercise(module: ModuleType) -> Exercise:
         raise ExerciseContractError(f"{name}: INFO.id must look like 'exercise-11'")
     if not re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)*", info.slug):
         raise ExerciseContractError(f"{name}: INFO.slug must be lower-case words joined by '-'")
+    for field, names in (("checks", info.checks), ("metrics", info.metrics)):
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ExerciseContractError(f"{name}: INFO.{field} names {', '.join(twice)} twice")
+    if info.headline not in info.metrics:
+        raise ExerciseContractError(f"{name}: INFO.headline {info.headline!r} must be one of "
+                                    "INFO.metrics")
     return Exercise(info, module, run, _options(name, run))
 
 

@@ -3,10 +3,6 @@
 The profile endpoint looks in Redis first. Only on a miss does it ask the database,
 and then it stores the profile under ``user:<id>`` with a TTL, so that a profile
 nobody reads again leaves the cache by itself.
-
-Metrics: requests, hits, misses, hit_ratio, db_queries, redis_keyspace_hits,
-redis_keyspace_misses, hit_p50_ms, hit_p95_ms, hit_p99_ms, miss_p50_ms, miss_p95_ms,
-miss_p99_ms, cached_keys, ttl_min_s, ttl_max_s, expired_after_s.
 """
 
 from __future__ import annotations
@@ -58,6 +54,11 @@ INFO = ExerciseInfo(
         "every cached key has a TTL in range",
         "hits are faster than misses at p50",
         "an expired profile is reloaded on the next read",
+    ),
+    metrics=(
+        "requests", "hits", "misses", "hit_ratio", "db_queries", "redis_keyspace_hits",
+        "redis_keyspace_misses", "hit_p50_ms", "hit_p95_ms", "hit_p99_ms", "miss_p50_ms",
+        "miss_p95_ms", "miss_p99_ms", "cached_keys", "ttl_min_s", "ttl_max_s", "expired_after_s",
     ),
     headline="hit_ratio",
 )

@@ -5,11 +5,6 @@ user changed it. Deleting the cache entry right after the database update makes 
 next read miss and load the new profile. The same seeded stream of reads and updates
 is played twice, with invalidation and with TTL-only expiry, and every read is
 compared with the database at that moment.
-
-Metrics: operations, reads, updates, stale_reads_with_invalidation,
-stale_reads_ttl_only, stale_ratio_ttl_only, max_stale_age_s_ttl_only, repopulations,
-first_reads_after_update, hit_ratio_with_invalidation, hit_ratio_ttl_only,
-db_queries_with_invalidation, db_queries_ttl_only.
 """
 
 from __future__ import annotations
@@ -52,6 +47,12 @@ INFO = ExerciseInfo(
         "no stale reads with invalidation",
         "stale reads without invalidation",
         "the read after an invalidation misses and returns the new data",
+    ),
+    metrics=(
+        "operations", "reads", "updates", "stale_reads_with_invalidation", "stale_reads_ttl_only",
+        "stale_ratio_ttl_only", "max_stale_age_s_ttl_only", "repopulations",
+        "first_reads_after_update", "hit_ratio_with_invalidation", "hit_ratio_ttl_only",
+        "db_queries_with_invalidation", "db_queries_ttl_only",
     ),
     headline="stale_reads_ttl_only",
 )

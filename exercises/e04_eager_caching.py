@@ -8,11 +8,6 @@ to the database and then into the cache in one call. The same launch, with the s
 reads and changes, is played on a lazy cache-aside cache (delete on update) as the
 baseline. Last, Redis is made to refuse writes, to show that a failed cache write is
 reported and never served stale.
-
-Metrics: products, preload_s, launch_requests, updates, launch_hit_ratio_eager,
-launch_hit_ratio_lazy, launch_db_reads_eager, launch_db_reads_lazy, reads_after_update,
-stale_reads_after_update, launch_p50_ms_eager, launch_p99_ms_eager, launch_p50_ms_lazy,
-launch_p99_ms_lazy, cache_write_failures.
 """
 
 from __future__ import annotations
@@ -77,6 +72,12 @@ INFO = ExerciseInfo(
         "each update is visible on the very next read",
         "no read after an update returns stale data",
         "a refused cache write is reported and never served stale",
+    ),
+    metrics=(
+        "products", "preload_s", "launch_requests", "updates", "launch_hit_ratio_eager",
+        "launch_hit_ratio_lazy", "launch_db_reads_eager", "launch_db_reads_lazy",
+        "reads_after_update", "stale_reads_after_update", "launch_p50_ms_eager",
+        "launch_p99_ms_eager", "launch_p50_ms_lazy", "launch_p99_ms_lazy", "cache_write_failures",
     ),
     headline="launch_db_reads_eager",
     own_servers="makes its Redis refuse writes (CONFIG SET maxmemory 1) to show a failed "

@@ -12,10 +12,6 @@ the listener's script ran in Redis (Redis's clock, the same wall clock). ``sync_
 covers the comments that reached the cache while the listener was up and caught up;
 those whose way crossed an outage, from a kill until the restarted listener had applied
 the backlog, are counted apart (``outage_*``).
-
-Metrics: writers, comments_posted, posts, outbox_entries, divergent_posts, lost_comments,
-duplicate_comments, listener_restarts, resumed_backlog, redelivered_skipped,
-sync_lag_p50_ms, sync_lag_p99_ms, sync_lag_max_ms, outage_comments, outage_lag_max_ms.
 """
 
 from __future__ import annotations
@@ -73,6 +69,12 @@ INFO = ExerciseInfo(
         "no comment lost or duplicated, restart included",
         "every post's cached comments and count equal the database",
         "sync lag from commit to cache measured for every comment",
+    ),
+    metrics=(
+        "writers", "comments_posted", "posts", "outbox_entries", "divergent_posts", "lost_comments",
+        "duplicate_comments", "listener_restarts", "resumed_backlog", "redelivered_skipped",
+        "sync_lag_p50_ms", "sync_lag_p99_ms", "sync_lag_max_ms", "outage_comments",
+        "outage_lag_max_ms",
     ),
     headline="sync_lag_p50_ms",
     own_servers="kills and restarts its Redis server to show what the sync survives",

@@ -7,10 +7,6 @@ the cluster client does the routing. Every user's keys carry the user id as a ha
 tag (``user:{42}:profile``), so all three route by the same sharding key and keep a
 user's keys together. Each scheme gets the same pipelined writes; then every shard is
 scanned to find each key, and each shard's own counters say how many writes it took.
-
-Metrics: shards, users, keys, misplaced_keys, balance_modulo, balance_ring,
-balance_cluster, writes_per_s, writes_per_s_modulo, writes_per_s_ring,
-writes_per_s_cluster, writes_per_s_unpipelined, ring_points, cluster_slot_mismatches.
 """
 
 from __future__ import annotations
@@ -60,6 +56,12 @@ INFO = ExerciseInfo(
         "the ketama ring's load balance (max/mean) is at most 1.15",
         "the cluster spreads keys over all masters",
         "writes per shard from each shard's own counters match the router's",
+    ),
+    metrics=(
+        "shards", "users", "keys", "misplaced_keys", "balance_modulo", "balance_ring",
+        "balance_cluster", "writes_per_s", "writes_per_s_modulo", "writes_per_s_ring",
+        "writes_per_s_cluster", "writes_per_s_unpipelined", "ring_points",
+        "cluster_slot_mismatches",
     ),
     headline="balance_ring",
     own_servers="starts its own shards and a Redis Cluster",

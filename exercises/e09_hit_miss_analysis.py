@@ -7,10 +7,6 @@ cache's own counts and Redis's INFO must tell the same story. Then the log is pu
 work: its key sequence is replayed against short-lived redis-servers of growing
 ``maxmemory`` under an eviction policy, and the smallest size that reaches the target
 hit ratio is recommended.
-
-Metrics: requests, hits, misses, hit_ratio, redis_keyspace_hits, redis_keyspace_misses,
-log_lines, prometheus_hits, prometheus_misses, recommended_maxmemory_mb,
-hit_ratio_at_recommended, best_sweep_hit_ratio, hit_p50_ms, miss_p50_ms, ops_per_s.
 """
 
 from __future__ import annotations
@@ -79,6 +75,12 @@ INFO = ExerciseInfo(
         "the Prometheus endpoint reports the same totals",
         "the hit ratio does not fall as memory grows",
         "a swept size reaches the target hit ratio",
+    ),
+    metrics=(
+        "requests", "hits", "misses", "hit_ratio", "redis_keyspace_hits", "redis_keyspace_misses",
+        "log_lines", "prometheus_hits", "prometheus_misses", "recommended_maxmemory_mb",
+        "hit_ratio_at_recommended", "best_sweep_hit_ratio", "hit_p50_ms", "miss_p50_ms",
+        "ops_per_s",
     ),
     headline="recommended_maxmemory_mb",
     own_servers="sets maxmemory on servers it starts, one size after another",

@@ -7,12 +7,6 @@ and noeviction refuses the writes instead. Then the Redis documentation's experi
 measures how close LRU by sampling (``maxmemory-samples`` 5 and 10) comes to exact LRU,
 and one seeded key trace is replayed through Redis and through exact LRU, LFU, FIFO
 and SIEVE in a simulator at the same capacity.
-
-Metrics: maxmemory_bytes, capacity_keys, bytes_per_key, hot_keys, keys_written,
-evicted_keys, hot_survival_lru, hot_survival_lfu, hot_survival_random,
-oom_errors_noeviction, lru_accuracy_samples5, lru_accuracy_samples10,
-trace_requests, trace_capacity_keys, miss_ratio_redis_lru, miss_ratio_exact_lru,
-miss_ratio_lfu, miss_ratio_fifo, miss_ratio_sieve, miss_ratio_random.
 """
 
 from __future__ import annotations
@@ -66,6 +60,13 @@ INFO = ExerciseInfo(
         "noeviction refuses writes with OOM and evicts nothing",
         "sampling 10 keys is at least as close to exact LRU as sampling 5",
         "Redis's LRU and exact LRU miss ratios measured on the same trace",
+    ),
+    metrics=(
+        "maxmemory_bytes", "capacity_keys", "bytes_per_key", "hot_keys", "keys_written",
+        "evicted_keys", "hot_survival_lru", "hot_survival_lfu", "hot_survival_random",
+        "oom_errors_noeviction", "lru_accuracy_samples5", "lru_accuracy_samples10",
+        "trace_requests", "trace_capacity_keys", "miss_ratio_redis_lru", "miss_ratio_exact_lru",
+        "miss_ratio_lfu", "miss_ratio_fifo", "miss_ratio_sieve", "miss_ratio_random",
     ),
     headline="hot_survival_lru",
     own_servers="sets maxmemory and the eviction policy, which changes server configuration",

@@ -14,13 +14,6 @@ message to the subscriber's wall clock right after it dropped the entry
 when every other service has dropped it (at most ``--window-s``); reads come after it.
 Then one service disconnects for real (it closes its connection to the bus) while
 the others keep writing, reconnects, and is read again.
-
-Metrics: services, keys, updates, updates_while_disconnected, reads_checked,
-propagation_p50_ms, propagation_p99_ms, stream_propagation_p50_ms,
-tracking_propagation_p50_ms, stale_reads_with_bus, stale_reads_without_bus,
-missed_invalidations_pubsub, missed_invalidations_stream, missed_invalidations_tracking,
-stale_reads_after_reconnect_pubsub, stale_reads_after_reconnect_stream,
-stale_reads_tracking, tracking_flushed_entries.
 """
 
 from __future__ import annotations
@@ -89,6 +82,14 @@ INFO = ExerciseInfo(
         "a stream reader resuming from its offset misses no invalidation",
         "client-side tracking serves no stale data, reconnect included",
         "every disconnect was real: the connection left Redis and came back",
+    ),
+    metrics=(
+        "services", "keys", "updates", "updates_while_disconnected", "reads_checked",
+        "propagation_p50_ms", "propagation_p99_ms", "stream_propagation_p50_ms",
+        "tracking_propagation_p50_ms", "stale_reads_with_bus", "stale_reads_without_bus",
+        "missed_invalidations_pubsub", "missed_invalidations_stream",
+        "missed_invalidations_tracking", "stale_reads_after_reconnect_pubsub",
+        "stale_reads_after_reconnect_stream", "stale_reads_tracking", "tracking_flushed_entries",
     ),
     headline="stale_reads_without_bus",
 )

@@ -8,12 +8,6 @@ run side by side on the same stream: table-level (any change to a table drops ev
 entry that reads it) and row-level (a change drops only the entries whose city, date
 range or categories it can touch). Every drop is judged by comparing what was cached
 with a fresh query: an equal result means the drop was unnecessary.
-
-Metrics: dependent_tables, entries, reads, writes, changes, unrelated_changes,
-invalidations, invalidations_table_level, invalidations_row_level,
-over_invalidations_table_level, over_invalidations_row_level, stale_reads,
-stale_reads_without_dependencies, hit_ratio_table_level, hit_ratio_row_level,
-db_executions_table_level, db_executions_row_level.
 """
 
 from __future__ import annotations
@@ -77,6 +71,13 @@ INFO = ExerciseInfo(
         "zero stale reads",
         "without dependencies the same reads go stale",
         "row-level dependencies drop fewer entries for nothing",
+    ),
+    metrics=(
+        "dependent_tables", "entries", "reads", "writes", "changes", "unrelated_changes",
+        "invalidations", "invalidations_table_level", "invalidations_row_level",
+        "over_invalidations_table_level", "over_invalidations_row_level", "stale_reads",
+        "stale_reads_without_dependencies", "hit_ratio_table_level", "hit_ratio_row_level",
+        "db_executions_table_level", "db_executions_row_level",
     ),
     headline="over_invalidations_table_level",
 )

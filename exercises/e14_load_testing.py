@@ -6,14 +6,6 @@ sales-report requests is played against each by an async load driver at a fixed
 concurrency, for several trials: throughput, latency percentiles from HDR histograms
 (warm-up excluded), errors, the server's own database queries and cache hits, and the
 CPU of the server process, side by side.
-
-Metrics: concurrency, requests, trials, processes, rps_no_cache, rps_cache, speedup_rps,
-rps_spread_no_cache, rps_spread_cache, p50_ms_no_cache, p50_ms_cache, p95_ms_no_cache,
-p95_ms_cache, p99_ms_no_cache, p99_ms_cache, max_ms_no_cache, max_ms_cache,
-db_qps_no_cache, db_qps_cache, db_queries_per_request_no_cache,
-db_queries_per_request_cache, hit_ratio, p50_ms_hit, p50_ms_miss,
-cpu_ms_per_request_no_cache, cpu_ms_per_request_cache, cpu_pct_no_cache, cpu_pct_cache,
-errors.
 """
 
 from __future__ import annotations
@@ -67,6 +59,15 @@ INFO = ExerciseInfo(
         "caching cuts database queries at least in proportion to the hit ratio",
         "caching raises throughput",
         "caching lowers p50 latency",
+    ),
+    metrics=(
+        "concurrency", "requests", "trials", "processes", "rps_no_cache", "rps_cache",
+        "speedup_rps", "rps_spread_no_cache", "rps_spread_cache", "p50_ms_no_cache", "p50_ms_cache",
+        "p95_ms_no_cache", "p95_ms_cache", "p99_ms_no_cache", "p99_ms_cache", "max_ms_no_cache",
+        "max_ms_cache", "db_qps_no_cache", "db_qps_cache", "db_queries_per_request_no_cache",
+        "db_queries_per_request_cache", "hit_ratio", "p50_ms_hit", "p50_ms_miss",
+        "cpu_ms_per_request_no_cache", "cpu_ms_per_request_cache", "cpu_pct_no_cache",
+        "cpu_pct_cache", "errors",
     ),
     headline="speedup_rps",
 )

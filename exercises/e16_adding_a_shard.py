@@ -10,13 +10,6 @@ the application's router. Last, a Redis Cluster of N masters gets a new node and
 ``redis-cli --cluster reshard`` does, while a workload reads and writes through
 redis-py's cluster client. After each move every node is scanned and compared with
 every key and value that must be there.
-
-Metrics: shards_before, shards_after, keys, moved_fraction_modulo,
-expected_fraction_modulo, moved_fraction_ring, expected_fraction_ring,
-ring_moved_between_old_shards, keys_migrated, newer_on_new_shard, fallback_reads,
-migration_ops, migration_s, keys_lost_standalone, keys_lost_cluster, keys_lost,
-cluster_keys, cluster_slots_moved, cluster_keys_moved, new_node_keys, reshard_s,
-reshard_ops, ask_redirects, workload_errors, wrong_reads.
 """
 
 from __future__ import annotations
@@ -87,6 +80,14 @@ INFO = ExerciseInfo(
         "the new node owns slots and keys",
         "no key lost after the cluster reshard",
         "the workload read and wrote through the reshard, no wrong value, errors counted",
+    ),
+    metrics=(
+        "shards_before", "shards_after", "keys", "moved_fraction_modulo",
+        "expected_fraction_modulo", "moved_fraction_ring", "expected_fraction_ring",
+        "ring_moved_between_old_shards", "keys_migrated", "newer_on_new_shard", "fallback_reads",
+        "migration_ops", "migration_s", "keys_lost_standalone", "keys_lost_cluster", "keys_lost",
+        "cluster_keys", "cluster_slots_moved", "cluster_keys_moved", "new_node_keys", "reshard_s",
+        "reshard_ops", "ask_redirects", "workload_errors", "wrong_reads",
     ),
     headline="moved_fraction_ring",
     own_servers="adds a shard to servers and a cluster it starts",

@@ -7,12 +7,6 @@ Sentinel saw it down and when the client's writes succeed again on the promoted 
 then reads the new primary back and counts the acknowledged writes that did not survive.
 The same happens with ``WAIT`` after every write, and with a hand-made health check
 (PING with a timeout, promote the most up-to-date replica) in place of Sentinel.
-
-Metrics: down_after_ms, detection_s, sdown_s, switch_master_s, failover_s, write_errors,
-acked_writes, lost_acked_writes, detection_s_wait, failover_s_wait, write_errors_wait,
-acked_writes_wait, unconfirmed_writes_wait, lost_acked_writes_wait,
-detection_s_healthcheck, failover_s_healthcheck, write_errors_healthcheck,
-acked_writes_healthcheck, lost_acked_writes_healthcheck.
 """
 
 from __future__ import annotations
@@ -63,6 +57,13 @@ INFO = ExerciseInfo(
         "failover completes within down_after_ms plus 5 seconds",
         "lost acknowledged writes are counted, and zero with WAIT",
         "the health check promotes the most up-to-date replica and repoints the other",
+    ),
+    metrics=(
+        "down_after_ms", "detection_s", "sdown_s", "switch_master_s", "failover_s", "write_errors",
+        "acked_writes", "lost_acked_writes", "detection_s_wait", "failover_s_wait",
+        "write_errors_wait", "acked_writes_wait", "unconfirmed_writes_wait",
+        "lost_acked_writes_wait", "detection_s_healthcheck", "failover_s_healthcheck",
+        "write_errors_healthcheck", "acked_writes_healthcheck", "lost_acked_writes_healthcheck",
     ),
     headline="failover_s",
     own_servers="kills the primary of a Sentinel group it starts",

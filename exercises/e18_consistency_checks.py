@@ -12,13 +12,6 @@ everything, repairs, and scans again.
 The second part reproduces cache-aside's stale-set race deterministically and compares
 three fixes: memcache-style leases, a versioned compare-and-set, and a delayed second
 delete.
-
-Metrics: keys, sampled, injected, covered_by_sample, found_in_sample, detected,
-false_positives, repaired, remaining_after_repair, estimated_rate, ci_low, ci_high,
-true_rate, stale_found, orphans_found, missing_found, race_trials, race_window_ms,
-stale_after_race_naive, stale_after_race_lease, stale_after_race_versioned,
-stale_after_race_double_delete, stale_after_race_double_delete_short,
-double_delete_delay_ms, double_delete_short_delay_ms.
 """
 
 from __future__ import annotations
@@ -79,6 +72,15 @@ INFO = ExerciseInfo(
         "leases leave no stale entries",
         "versioned sets leave no stale entries",
         "the delayed second delete clears every stale set that landed before it",
+    ),
+    metrics=(
+        "keys", "sampled", "injected", "covered_by_sample", "found_in_sample", "detected",
+        "false_positives", "repaired", "remaining_after_repair", "estimated_rate", "ci_low",
+        "ci_high", "true_rate", "stale_found", "orphans_found", "missing_found", "race_trials",
+        "race_window_ms", "stale_after_race_naive", "stale_after_race_lease",
+        "stale_after_race_versioned", "stale_after_race_double_delete",
+        "stale_after_race_double_delete_short", "double_delete_delay_ms",
+        "double_delete_short_delay_ms",
     ),
     headline="estimated_rate",
 )

@@ -11,13 +11,6 @@ In any stretch of time ``s`` the token bucket admits at most ``capacity + rate *
 window_s`` (what it held plus what dripped in): with capacity and rate adding up to the
 limit, no window of ``window_s`` ever holds more than ``limit``. The run checks that
 bound for every stretch between two admissions, and the limit in every window.
-
-Metrics: limit, window_s, clients, requests, allowed_fixed, denied_fixed,
-max_in_any_window_fixed, allowed_sliding_log, denied_sliding_log,
-max_in_any_window_sliding_log, allowed_sliding_counter, denied_sliding_counter,
-max_in_any_window_sliding_counter, allowed_token_bucket, denied_token_bucket,
-max_in_any_window_token_bucket, keys_without_ttl, ttl_samples, burst_attempts,
-http_requests, http_allowed, http_denied.
 """
 
 from __future__ import annotations
@@ -73,6 +66,14 @@ INFO = ExerciseInfo(
         "concurrent clients never get more than the limit per window",
         "over-limit answers are 429 with Retry-After and RateLimit headers",
         "no limiter key is ever left without an expiry",
+    ),
+    metrics=(
+        "limit", "window_s", "clients", "requests", "allowed_fixed", "denied_fixed",
+        "max_in_any_window_fixed", "allowed_sliding_log", "denied_sliding_log",
+        "max_in_any_window_sliding_log", "allowed_sliding_counter", "denied_sliding_counter",
+        "max_in_any_window_sliding_counter", "allowed_token_bucket", "denied_token_bucket",
+        "max_in_any_window_token_bucket", "keys_without_ttl", "ttl_samples", "burst_attempts",
+        "http_requests", "http_allowed", "http_denied",
     ),
     headline="max_in_any_window_fixed",
 )

@@ -10,11 +10,6 @@ and no database query. A product update drops its page from Redis, so the next c
 gets the new page with a new ETag. hishel, an RFC 9111 client cache, then checks the
 same headers from the client's side: fresh pages come from its cache, stale ones are
 revalidated.
-
-Metrics: pages, crawl_cold_p50_ms, crawl_cached_p50_ms, crawl_conditional_p50_ms,
-not_modified_ratio_recrawl, db_queries_cold_crawl, db_queries_cached_crawl,
-db_queries_recrawl, changed_pages, db_queries_after_update, fresh_after_update,
-bytes_saved, client_cache_fresh_hits, client_cache_revalidations.
 """
 
 from __future__ import annotations
@@ -83,6 +78,12 @@ INFO = ExerciseInfo(
         "conditional requests follow RFC 9110 (If-None-Match before If-Modified-Since)",
         "the RFC 9111 client serves fresh pages from its cache",
         "the RFC 9111 client revalidates stale pages",
+    ),
+    metrics=(
+        "pages", "crawl_cold_p50_ms", "crawl_cached_p50_ms", "crawl_conditional_p50_ms",
+        "not_modified_ratio_recrawl", "db_queries_cold_crawl", "db_queries_cached_crawl",
+        "db_queries_recrawl", "changed_pages", "db_queries_after_update", "fresh_after_update",
+        "bytes_saved", "client_cache_fresh_hits", "client_cache_revalidations",
     ),
     headline="not_modified_ratio_recrawl",
 )

@@ -218,7 +218,8 @@ def _exercise(number: int, run: object) -> Exercise:
     module.__file__ = f"e{number}_fake.py"
     module.INFO = ExerciseInfo(  # type: ignore[attr-defined]
         id=f"exercise-{number}", slug=f"fake-{number}", title="Fake", concept="c",
-        scenario="s", walkthrough=("w",), fixtures=("redis",), checks=("c",), headline="keys")
+        scenario="s", walkthrough=("w",), fixtures=("redis",), checks=("c",),
+        metrics=("keys",), headline="keys")
     module.run = run  # type: ignore[attr-defined]
     return load_exercise(module)
 
