@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
+
+from cachelab.errors import ExerciseContractError
 
 
 @dataclass(frozen=True)
@@ -95,8 +97,14 @@ class Chart:
 
 @dataclass
 class Result:
-    """Everything one exercise run measured and concluded."""
+    """Everything one exercise run measured and concluded, held to its exercise's INFO.
 
+    Made as ``Result(INFO)``: a check or metric that INFO does not declare (a misspelt
+    name) raises at the call, not after a whole run, and a run that returns without
+    recording one INFO declares fails too (see :meth:`ensure_complete`).
+    """
+
+    info: ExerciseInfo
     checks: list[Check] = field(default_factory=list)
     metrics: dict[str, float | int] = field(default_factory=dict)
     tables: list[Table] = field(default_factory=list)
@@ -104,11 +112,14 @@ class Result:
     charts: list[Chart] = field(default_factory=list)
 
     def check(self, name: str, passed: bool, detail: str) -> bool:
-        """Record a check; returns ``passed`` so callers can branch on it."""
+        """Record one of INFO.checks; returns ``passed`` so callers can branch on it."""
+        self._declared(name, "checks")
         self.checks.append(Check(name, bool(passed), detail))
         return bool(passed)
 
     def metric(self, name: str, value: float | int) -> None:
+        """Record one of INFO.metrics (a float rounded to four places)."""
+        self._declared(name, "metrics")
         self.metrics[name] = round(value, 4) if isinstance(value, float) else value
 
     def add_metrics(self, values: Mapping[str, float | int]) -> None:
@@ -128,6 +139,28 @@ class Result:
 
     def note(self, text: str) -> None:
         self.notes.append(text)
+
+    def _declared(self, name: str, kind: Literal["checks", "metrics"]) -> None:
+        declared = self.info.checks if kind == "checks" else self.info.metrics
+        if name in declared:
+            return
+        import difflib  # only a misspelt name needs it
+
+        close = difflib.get_close_matches(name, declared, n=3, cutoff=0.6)
+        hint = (f"did you mean {' or '.join(map(repr, close))}?" if close
+                else f"declare it in INFO.{kind}")
+        raise ExerciseContractError(f"{self.info.id}: {name!r} is not one of INFO.{kind}; "
+                                    f"{hint}")
+
+    def ensure_complete(self) -> None:
+        """Raise unless every check and metric INFO declares was recorded: a check that
+        silently went missing would let the run pass without it."""
+        recorded = {c.name for c in self.checks}
+        missing = [f"check {n!r}" for n in self.info.checks if n not in recorded]
+        missing += [f"metric {n!r}" for n in self.info.metrics if n not in self.metrics]
+        if missing:
+            raise ExerciseContractError(f"{self.info.id}: run() recorded no {', '.join(missing)}; "
+                                        "record each, or drop it from INFO")
 
     @property
     def verdict(self) -> str:

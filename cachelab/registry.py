@@ -13,10 +13,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from cachelab.errors import ExerciseContractError, UnknownExercise
 from cachelab.exercise import ExerciseInfo, Opt, Result
+
+if TYPE_CHECKING:
+    from cachelab.lab import Lab
 
 _OPTION_TYPES = (int, float, str, bool)
 
@@ -52,12 +55,21 @@ class ExerciseOption:
 
 @dataclass(frozen=True)
 class Exercise:
-    """A registered exercise: its metadata, options and ``run`` function."""
+    """A registered exercise: its metadata, its module and the options of its ``run``."""
 
     info: ExerciseInfo
     module: ModuleType
-    run: Callable[..., Result]
     options: tuple[ExerciseOption, ...]
+
+    def run(self, lab: Lab, **params: Any) -> Result:
+        """The module's ``run(lab, **params)``, its Result held to the contract: made from
+        this exercise's INFO, with every declared check and metric recorded."""
+        result = self.module.run(lab, **params)
+        if not isinstance(result, Result) or result.info != self.info:
+            raise ExerciseContractError(f"{self.info.id}: run() must return Result(INFO), "
+                                        "made from its own INFO")
+        result.ensure_complete()
+        return result
 
     @property
     def doc(self) -> str:
@@ -115,7 +127,7 @@ def load_exercise(module: ModuleType) -> Exercise:
     if info.headline not in info.metrics:
         raise ExerciseContractError(f"{name}: INFO.headline {info.headline!r} must be one of "
                                     "INFO.metrics")
-    return Exercise(info, module, run, _options(name, run))
+    return Exercise(info, module, _options(name, run))
 
 
 @dataclass(frozen=True)

@@ -77,7 +77,7 @@ def run(
     expiry_ttl_s: Annotated[float, Opt("TTL used to show expiry, in seconds.", min=0.1,
                                        max=30)] = 1.0,
 ) -> Result:
-    result = Result()
+    result = Result(INFO)
     server = lab.redis_server()
     cache = lab.closing(server.client())
     db = lab.shop()

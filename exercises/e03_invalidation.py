@@ -121,7 +121,7 @@ def run(
                                        max=0.9)] = 0.1,
     ttl_s: Annotated[float, Opt("TTL of a cached profile, in seconds.", min=1)] = 300.0,
 ) -> Result:
-    result = Result()
+    result = Result(INFO)
     server = lab.redis_server()
     cache = lab.closing(server.client())
     runs = {strategy: play(lab, cache, lab.shop(f"shop-{strategy}"), strategy,

@@ -242,7 +242,7 @@ def run(
     lazy_ttl_s: Annotated[float, Opt("TTL of the lazy baseline's entries, in seconds.",
                                      min=0.1)] = 300.0,
 ) -> Result:
-    result = Result()
+    result = Result(INFO)
     cache = lab.redis()
     shops = {name: lab.shop(f"shop-{name}") for name in ("eager", "lazy")}
     offices = {name: back_office_of(lab, shop) for name, shop in shops.items()}

@@ -173,7 +173,7 @@ def run(
     timeout_s: Annotated[float, Opt("Longest wait for the writers, and for the outbox "
                                     "to drain, in seconds.", min=5, max=600)] = 60.0,
 ) -> Result:
-    result = Result()
+    result = Result(INFO)
     server = lab.redis_server()
     client = lab.closing(server.client())
     db = lab.shop()

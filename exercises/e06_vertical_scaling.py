@@ -150,7 +150,7 @@ def run(
     )
     from cachelab.workload.measure import command_calls, counter_delta, keyspace_counters
 
-    result = Result()
+    result = Result(INFO)
     memory = {"maxmemory_policy": policy}
     # The replication backlog is allocated when the first replica attaches and counts
     # against maxmemory: on a full 4 MB instance the default 1 MB would evict a quarter.

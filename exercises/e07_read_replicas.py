@@ -139,7 +139,7 @@ def run(
     wait_timeout_ms: Annotated[int, Opt("WAIT timeout in wait mode, in ms.", min=1,
                                         max=60_000)] = 1000,
 ) -> Result:
-    result = Result()
+    result = Result(INFO)
     topology = lab.replica_set(replicas=replicas)
     servers: list[RedisServer] = [topology.primary, *topology.replicas]
     names = [s.name for s in servers]

@@ -167,7 +167,7 @@ def run(
     from cachelab.workload.measure import command_calls
     from cachelab.workload.redis_info import CLUSTER_SLOTS
 
-    result = Result()
+    result = Result(INFO)
     user_ids = lab.rng("users").sample(range(1, USER_ID_SPACE), users)
     fields = FIELDS[:keys_per_user]
     value = "v" * value_bytes

@@ -210,7 +210,7 @@ def run(
     target_hit_ratio: Annotated[float, Opt("Hit ratio the recommended size must reach.",
                                            min=0.01, max=1)] = 0.7,
 ) -> Result:
-    result = Result()
+    result = Result(INFO)
     if sweep_max_mb <= sweep_min_mb:
         raise UsageError(f"--sweep-max-mb {sweep_max_mb:g} must exceed --sweep-min-mb "
                          f"{sweep_min_mb:g}")

@@ -240,7 +240,7 @@ def run(
                                "default is 1; 0 never refreshes early).", min=0,
                                max=50)] = 2.0,
 ) -> Result:
-    result = Result()
+    result = Result(INFO)
     server = lab.redis_server()
     client = lab.closing(server.client())
     stream = server.keys(STREAM)

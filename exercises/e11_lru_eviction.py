@@ -214,7 +214,7 @@ def run(
     if missing:
         raise UsageError(f"--policies must include {', '.join(missing)}: the checks compare "
                          f"{', '.join(REQUIRED)}")
-    result = Result()
+    result = Result(INFO)
     maxmemory = int(maxmemory_mb * 1024 * 1024)
     value = "x" * value_bytes
 

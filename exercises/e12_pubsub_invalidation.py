@@ -297,7 +297,7 @@ def run(
     window_s: Annotated[float, Opt("Longest propagation window: how long an update may take "
                                    "to reach every service.", min=0.1, max=30)] = 2.0,
 ) -> Result:
-    result = Result()
+    result = Result(INFO)
     server = lab.redis_server()
     client = lab.closing(server.client())
     db = lab.shop()

@@ -236,7 +236,7 @@ def run(
         table_tags,
     )
 
-    result = Result()
+    result = Result(INFO)
     server = lab.redis_server()
     client = lab.closing(server.client())
     db = lab.shop()

@@ -253,7 +253,7 @@ def run(
     if processes > concurrency:
         raise UsageError(f"--processes {processes} is more than --concurrency {concurrency}: "
                          "each driver process needs at least one connection")
-    result = Result()
+    result = Result(INFO)
     db = lab.shop()
     none_redis, cache_redis = lab.redis_server("api-none-redis"), lab.redis_server("api-lazy-redis")
     # Both servers read one database file; each runs in its own process, so its CPU

@@ -195,7 +195,7 @@ def run(
     flush_every: Annotated[int, Opt("Reads counted in memory per ZINCRBY round trip.",
                                     min=1, max=10000)] = 100,
 ) -> Result:
-    result = Result()
+    result = Result(INFO)
     stats = lab.redis("stats")
     # LFU policy only so that OBJECT FREQ answers; with no maxmemory nothing is evicted.
     server = lab.redis_server("cache", maxmemory_policy="allkeys-lfu", dbfilename="dump.rdb")

@@ -327,7 +327,7 @@ def run(
     )
     from cachelab.caching.sharding import ShardRing, key_slot
 
-    result = Result()
+    result = Result(INFO)
     n = shards
     names = [f"shard-{i}" for i in range(1, n + 2)]
     new_name = names[-1]

@@ -355,7 +355,7 @@ def run(
     hc_failures: Annotated[int, Opt("Health check: failed PINGs in a row that trigger "
                                     "the failover.", min=1, max=50)] = 3,
 ) -> Result:
-    result = Result()
+    result = Result(INFO)
     common: dict[str, Any] = {"max_rate": max_rate, "before_kill_s": before_kill_s,
                               "after_s": after_failover_s}
     plain = sentinel_failover(lab, "sentinel-async", down_after_ms=down_after_ms,

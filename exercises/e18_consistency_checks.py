@@ -282,7 +282,7 @@ def run(
                                                  min=0, max=5000)] = 60.0,
     ttl_s: Annotated[float, Opt("TTL of a cached profile, in seconds.", min=1)] = 600.0,
 ) -> Result:
-    result = Result()
+    result = Result(INFO)
     server = lab.redis_server()
     cache = lab.closing(server.client())
     db = lab.shop()

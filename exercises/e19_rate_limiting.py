@@ -212,7 +212,7 @@ def run(
     from cachelab.shop.server import ApiServer
     from cachelab.workload.redis_info import redis_clock_us
 
-    result = Result()
+    result = Result(INFO)
     server = lab.redis_server("redis")
     client = lab.closing(server.client())
     # The limit is the subject here, not the data: a small shop starts the API sooner.

@@ -233,7 +233,7 @@ def run(
 
     from cachelab.caching.http_cache import CachePolicy
 
-    result = Result()
+    result = Result(INFO)
     policy = CachePolicy(max_age_s=max_age_s, s_maxage_s=s_maxage_s,
                          stale_while_revalidate_s=stale_while_revalidate_s)
     db = lab.shop("api-shop")

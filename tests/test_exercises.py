@@ -15,9 +15,9 @@ def test_exercise_passes_end_to_end(exercise: Exercise) -> None:
     failed = [c for c in record["checks"] if not c["passed"]]
     assert not failed, failed
     assert record["verdict"] == "pass"
-    # The checks and metrics it declares are the ones it records.
+    # Each declared check once, in the order INFO declares them (Result holds the run to
+    # INFO's names, and fails it when one was never recorded).
     assert [c["name"] for c in record["checks"]] == list(exercise.info.checks)
-    assert set(record["metrics"]) == set(exercise.info.metrics)
     assert record["environment"]["redis_version"]
     assert record["tables"] and all(t["rows"] for t in record["tables"])
 

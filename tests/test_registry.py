@@ -70,19 +70,19 @@ INFO = ExerciseInfo(id="exercise-99", slug="broken", title="t", concept="c", sce
 
 
 def _run_ok(lab: object, *, n: int = 1) -> Result:
-    return Result()
+    return Result(INFO)
 
 
 def _run_positional(lab: object, n: int = 1) -> Result:
-    return Result()
+    return Result(INFO)
 
 
 def _run_untyped(lab, *, n=1):  # type: ignore[no-untyped-def]
-    return Result()
+    return Result(INFO)
 
 
 def _run_list(lab: object, *, n: list[int] | None = None) -> Result:
-    return Result()
+    return Result(INFO)
 
 
 @pytest.mark.parametrize(("attrs", "message"), [
@@ -112,6 +112,73 @@ def test_a_valid_module_loads_its_options() -> None:
     exercise = load_exercise(_module(INFO=INFO, run=_run_ok))
     assert [(o.name, o.type, o.default, o.flag) for o in exercise.options] == [
         ("n", int, 1, "--n")]
+
+
+def test_a_misspelt_check_or_metric_fails_at_the_call() -> None:
+    result = Result(dataclasses.replace(INFO, checks=("hits match Redis INFO",),
+                                        metrics=("hit_ratio", "hits"), headline="hits"))
+    with pytest.raises(ExerciseContractError) as caught:
+        result.check("hit match Redis INFO", True, "")
+    assert str(caught.value) == ("exercise-99: 'hit match Redis INFO' is not one of "
+                                 "INFO.checks; did you mean 'hits match Redis INFO'?")
+    with pytest.raises(ExerciseContractError) as caught:
+        result.add_metrics({"hits": 3, "hit_rate": 0.5})
+    assert str(caught.value) == ("exercise-99: 'hit_rate' is not one of INFO.metrics; "
+                                 "did you mean 'hit_ratio'?")
+    with pytest.raises(ExerciseContractError, match="'p99' is not one of INFO.metrics; "
+                                                    "declare it in INFO.metrics"):
+        result.metric("p99", 1.0)
+    assert not result.checks and result.metrics == {"hits": 3}
+
+
+def _run_records_the_metric(lab: object, *, n: int = 1) -> Result:
+    result = Result(INFO)
+    result.metric("m", n)
+    return result
+
+
+def _run_records_the_check(lab: object, *, n: int = 1) -> Result:
+    result = Result(INFO)
+    result.check("c", True, "held")
+    return result
+
+
+def _run_records_both(lab: object, *, n: int = 1) -> Result:
+    result = _run_records_the_check(lab)
+    result.metric("m", n)
+    return result
+
+
+def _run_of_another_info(lab: object, *, n: int = 1) -> Result:
+    result = Result(dataclasses.replace(INFO, id="exercise-98"))
+    result.check("c", True, "held")
+    result.metric("m", n)
+    return result
+
+
+@pytest.mark.parametrize(("run", "message"), [
+    (_run_records_the_metric, "exercise-99: run() recorded no check 'c'; record each, or "
+                              "drop it from INFO"),
+    (_run_records_the_check, "exercise-99: run() recorded no metric 'm'; record each, or "
+                             "drop it from INFO"),
+    (_run_of_another_info, "exercise-99: run() must return Result(INFO), made from its own "
+                           "INFO"),
+])
+def test_a_run_that_breaks_its_contract_fails(run: object, message: str) -> None:
+    from cachelab.lab import Lab
+
+    exercise = load_exercise(_module(INFO=INFO, run=run))
+    with pytest.raises(ExerciseContractError) as caught:
+        exercise.run(Lab(), n=2)
+    assert str(caught.value) == message
+
+
+def test_a_run_that_keeps_its_contract_returns_its_result() -> None:
+    from cachelab.lab import Lab
+
+    result = load_exercise(_module(INFO=INFO, run=_run_records_both)).run(Lab(), n=2)
+    assert result.to_dict()["checks"] == [{"name": "c", "passed": True, "detail": "held"}]
+    assert result.metrics == {"m": 2} and result.verdict == "pass"
 
 
 def test_the_catalogue_reads_every_info_without_importing_and_matches_the_modules() -> None:
