@@ -117,6 +117,17 @@ class Result:
         self.checks.append(Check(name, bool(passed), detail))
         return bool(passed)
 
+    def check_counts(self, name: str, ours: Sequence[int], server: Sequence[int], *,
+                     shared: bool, detail: str) -> bool:
+        """Check counts Redis keeps for the whole server (INFO, commandstats) against the
+        run's own: equal on a server the lab owns; on a shared one (``lab.shared``) other
+        clients add to Redis's, so there they must only be at least the run's."""
+        if not shared:
+            return self.check(name, tuple(server) == tuple(ours), detail)
+        return self.check(name, all(s >= o for s, o in zip(server, ours, strict=True)),
+                          f"{detail}; on a shared server Redis's counts include other "
+                          "clients', so they must be at least this run's")
+
     def metric(self, name: str, value: float | int) -> None:
         """Record one of INFO.metrics (a float rounded to four places)."""
         self._declared(name, "metrics")

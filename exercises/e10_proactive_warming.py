@@ -405,7 +405,7 @@ def run(
                     "heavy traffic, more when a load runs slower than the last), and a "
                     "refresh that starts too late lets the misses stampede. The lock leaves "
                     "one load per expiry. Try --beta 1, the paper's default.")
-    if lab.existing is not None:
+    if lab.shared:
         result.note("On this existing deployment every key and the stream are under "
                     f"{server.keys.prefix}. Loads, misses and the warming timeline are this "
                     "run's own counts and clocks; latencies include the network and the "

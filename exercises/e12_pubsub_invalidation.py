@@ -400,7 +400,7 @@ def run(
     result.note("Tracking here uses RESP2 with REDIRECT to a subscribed connection. With RESP3 "
                 "(redis-py protocol=3) invalidations arrive as push messages on the data "
                 "connection itself, and a broken redirect is reported as tracking-redir-broken.")
-    if lab.existing is not None:
+    if lab.shared:
         result.note(f"On this shared Redis every key, channel, stream and connection name "
                     f"starts with {server.keys.prefix!r}, except {TRACKING_CHANNEL}, the channel "
                     "Redis sends a redirect connection its invalidations on. Other clients' "

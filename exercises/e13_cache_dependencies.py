@@ -419,7 +419,7 @@ def run(
                 f"({db.describe_latency()}).")
     result.note("Try --write-ratio 0.6 for a write-heavy shop, or --distinct-queries 48 to "
                 "put several entries in each city.")
-    if lab.existing is not None:
+    if lab.shared:
         result.note("On this existing deployment the entries, their dependency sets and the "
                     f"notifier's cursor are under {server.keys.prefix}; every count above is "
                     "this run's own, so it matches a local run with the same seed.")

@@ -352,7 +352,7 @@ def run(
                 f"Warm-up: the first {warmup} requests of each run, left out of every figure. "
                 "Server CPU is the server process's user + system time over the measured "
                 "phase (psutil).")
-    if lab.existing is not None:
+    if lab.shared:
         result.note("The cached server's Redis is the existing deployment: its network round "
                     "trip and its other clients' load are in every cached answer. Every "
                     "figure here is the API's own count or the driver's timing, none a "

@@ -441,7 +441,7 @@ def run(
                 "Leases and versioned sets refuse the old value outright.")
     result.note("In a live system, a checker's own refresh has the same race: re-read a "
                 "flagged entry before repairing it, or repair with a versioned set.")
-    if lab.existing is not None:
+    if lab.shared:
         result.note("On this existing deployment the profiles are "
                     f"{server.keys('profile')}:<id>, listed in {server.keys('index:profile')}. "
                     f"The full scan's SCAN MATCH {server.keys.pattern('profile:*')} still walks "

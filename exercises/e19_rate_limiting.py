@@ -399,7 +399,7 @@ def run(
                 "recorded by different processes line up on one time axis.")
     result.note("Try --api-algorithm fixed, or --clients 8; try --window-s 0.2 for many "
                 "windows in a short run.")
-    if lab.existing is not None:
+    if lab.shared:
         result.note(f"On this shared Redis every limiter key starts with {prefix!r} (the "
                     "API's too), and the TTL samples SCAN for that prefix only. Other "
                     "clients' commands may delay a decision, never split one: each is "

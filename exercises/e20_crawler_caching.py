@@ -340,7 +340,7 @@ def run(
                 "why If-None-Match decides when both are sent.")
     result.note(f"Each cold page paid a database round trip ({db.describe_latency()}); try "
                 "--db-latency-ms 0, or --pages 200 --changed 50.")
-    if lab.existing is not None:
+    if lab.shared:
         result.note("Redis is the existing deployment: pages live under "
                     f"{redis_server.keys(PAGE_NAMESPACE)}:, and the client-cache table's page "
                     "lookups are the API's own count, since the shared server's HGETALL calls "
@@ -515,7 +515,7 @@ class ClientCache:
         from hishel.httpx import CacheTransport
 
         self.api, self.cache, self.ids, self.policy = api, cache, list(ids), policy
-        self.shared = lab.existing is not None
+        self.shared = lab.shared
         self.wire: list[WireRecord] = []
         self.rows: list[list[Any]] = []
         storage = hishel.SqliteStorage(connection=sqlite3.connect(":memory:",

@@ -131,6 +131,19 @@ def test_a_misspelt_check_or_metric_fails_at_the_call() -> None:
     assert not result.checks and result.metrics == {"hits": 3}
 
 
+@pytest.mark.parametrize(("shared", "server", "passed"), [
+    (False, (7, 3), True), (False, (8, 3), False),  # a server the lab owns: exactly ours
+    (True, (8, 3), True), (True, (7, 2), False),  # a shared one: at least ours
+])
+def test_server_counts_are_exact_on_an_owned_server_and_a_floor_on_a_shared_one(
+        shared: bool, server: tuple[int, int], passed: bool) -> None:
+    result = Result(INFO)
+    assert result.check_counts("c", (7, 3), server, shared=shared, detail="7/3") is passed
+    assert result.checks[0].detail == ("7/3; on a shared server Redis's counts include other "
+                                       "clients', so they must be at least this run's"
+                                       if shared else "7/3")
+
+
 def _run_records_the_metric(lab: object, *, n: int = 1) -> Result:
     result = Result(INFO)
     result.metric("m", n)
