@@ -202,7 +202,8 @@ def run(
             client, redis_port=server.port, db_path=db.path,
             log_path=lab.workdir / f"listener-{len(listeners)}.log", list_size=list_size,
             batch=batch, poll_ms=poll_ms, rewind=rewind_entries, max_seconds=3 * timeout_s)
-        listeners.append(lab.enter_context(listener))
+        lab.enter_context(listener)  # started here, stopped with the lab
+        listeners.append(listener)
         return listener
 
     timeline: list[list[Any]] = []

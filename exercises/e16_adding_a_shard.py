@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, cast
 
 from cachelab.exercise import ExerciseInfo, Opt, Result
 
@@ -255,8 +256,10 @@ def _reshard(lab: Lab, cluster: Cluster, added: RedisServer, values: dict[str, s
     asking_before = _asking_calls(added)
 
     client = lab.closing(cluster.client())
+    # The client decodes its replies, so a GET answers a str or None.
+    get = cast(Callable[[str], "str | None"], client.get)
     workload = lab.enter_context(LiveTraffic(
-        client.get, client.set, values, rng=lab.rng("cluster workload"),
+        get, client.set, values, rng=lab.rng("cluster workload"),
         write_ratio=write_ratio, rate_per_s=rate))
     workload.wait_for(PHASE_OPS)
     migration = SlotMigration(nodes, target, plan, slots_per_step=slots_per_step,
