@@ -4,6 +4,17 @@ An exercise is one module under ``exercises/`` with a docstring, an ``INFO``
 (:class:`ExerciseInfo`) and a ``run(lab, *, option=default, ...)`` function whose
 keyword parameters are its options. ``Annotated[int, Opt(min=1)]`` adds help text and
 bounds; ``Literal[...]`` lists choices. The CLI turns those into typed options.
+``run`` returns ``Result(INFO)``, which holds it to the names INFO declares.
+
+Keep module import cheap: ``cachelab show``, ``run --help`` and ``run all`` import an
+exercise's module before anything runs (``cachelab list`` never does; it reads a literal
+INFO from the source). Import at the top the standard library and cachelab's strategies,
+harness and shop database. Import inside ``run()``, or the function that needs it, any
+third-party package: redis (which ``cachelab.lab``, ``caching.migration``,
+``caching.failover`` and ``workload.redis_info`` load), fastapi and uvicorn
+(``cachelab.shop.app``), httpx, hishel, psutil, docker; and the child-process machinery
+one step uses (``cachelab.children``, ``cachelab.shop.server``, ``workload.loadgen``),
+which brings logging, concurrent.futures, multiprocessing and http.client with it.
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 from cachelab.caching import CacheAside
 from cachelab.caching.eager import WriteThrough
 from cachelab.exercise import ExerciseInfo, Opt, Result
+from cachelab.shop.database import ShopDatabase
 from cachelab.workload.measure import (
     LATENCY_COLUMNS,
     LatencyHistogram,
@@ -37,7 +38,6 @@ if TYPE_CHECKING:
     import redis
 
     from cachelab.lab import Lab
-    from cachelab.shop.database import ShopDatabase
 
 INFO = ExerciseInfo(
     id="exercise-4",
@@ -182,8 +182,6 @@ def launch(cache: redis.Redis, storefront: ShopDatabase, office: ShopDatabase, *
 
 def back_office_of(lab: Lab, storefront: ShopDatabase) -> ShopDatabase:
     """A second connection to the same file: the back office's writes are counted apart."""
-    from cachelab.shop.database import ShopDatabase
-
     office = ShopDatabase(storefront.path, latency_ms=storefront.latency_ms,
                           size=storefront.size)
     lab.callback(office.close)

@@ -20,6 +20,7 @@ from collections import Counter
 from typing import TYPE_CHECKING, Annotated, Literal
 
 from cachelab.exercise import ExerciseInfo, Opt, Result
+from cachelab.workload.measure import command_calls, counter_delta, keyspace_counters
 
 if TYPE_CHECKING:
     import redis
@@ -148,7 +149,6 @@ def run(
         used_memory_ratio,
         write_config,
     )
-    from cachelab.workload.measure import command_calls, counter_delta, keyspace_counters
 
     result = Result(INFO)
     memory = {"maxmemory_policy": policy}

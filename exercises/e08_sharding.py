@@ -16,12 +16,24 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated
 
+from cachelab.caching.sharding import (
+    Placement,
+    ShardedWriter,
+    ShardRing,
+    SlotMap,
+    WriteReport,
+    check_placement,
+    key_slot,
+    modulo_shard,
+    scan_keys,
+    write_through_cluster,
+)
 from cachelab.exercise import ExerciseInfo, Opt, Result
+from cachelab.workload.measure import balance, command_calls
 
 if TYPE_CHECKING:
     import redis
 
-    from cachelab.caching.sharding import Placement, WriteReport
     from cachelab.lab import Lab
 
 INFO = ExerciseInfo(
@@ -92,8 +104,6 @@ class SchemeRun:
 
     @property
     def balance(self) -> float:
-        from cachelab.workload.measure import balance
-
         return balance(self.found(s) for s in self.shards)[0]
 
     def disagreements(self) -> list[str]:
@@ -109,9 +119,6 @@ def inspect(scheme: str, clients: dict[str, redis.Redis], labels: dict[str, str]
             report: WriteReport, expected: dict[str, str], calls_before: dict[str, int],
             expected_share: dict[str, float]) -> SchemeRun:
     """Read back from every shard: SCAN for the keys, INFO and DBSIZE for the counts."""
-    from cachelab.caching.sharding import check_placement, scan_keys
-    from cachelab.workload.measure import command_calls
-
     found = {name: scan_keys(client, "user:*") for name, client in clients.items()}
     return SchemeRun(
         scheme=scheme, shards=list(clients), labels=labels, report=report,
@@ -156,15 +163,6 @@ def run(
     ring_points: Annotated[int, Opt("Points per shard on the ring; 160 is ketama's.", min=1,
                                     max=5000)] = 160,
 ) -> Result:
-    from cachelab.caching.sharding import (
-        ShardedWriter,
-        ShardRing,
-        SlotMap,
-        key_slot,
-        modulo_shard,
-        write_through_cluster,
-    )
-    from cachelab.workload.measure import command_calls
     from cachelab.workload.redis_info import CLUSTER_SLOTS
 
     result = Result(INFO)

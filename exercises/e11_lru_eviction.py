@@ -15,15 +15,31 @@ import statistics
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated
 
+from cachelab.caching.eviction import (
+    Op,
+    OpCounts,
+    SamplingTrial,
+    apply_ops,
+    freeze,
+    held_keys,
+    lru_clock,
+    lru_sampling_trial,
+    measure_capacity,
+    parse_policies,
+    replay_cache_aside,
+    stat,
+    wait_for_lru_tick,
+)
+from cachelab.caching.simulate import RandomEviction, miss_ratios, replay
 from cachelab.errors import UsageError
 from cachelab.exercise import ExerciseInfo, Opt, Result
+from cachelab.workload.measure import counter_delta, key_sampler, keyspace_counters
 
 if TYPE_CHECKING:
     import random
 
     import redis
 
-    from cachelab.caching.eviction import Op, OpCounts, SamplingTrial
     from cachelab.lab import Lab
 
 INFO = ExerciseInfo(
@@ -138,8 +154,6 @@ def build_stream(rng: random.Random, *, capacity: int, hot_share: float,
 
 def play_stream(lab: Lab, runs: list[PolicyRun], stream: Stream, value: str) -> None:
     """Play every round on every server, each round after that server's LRU clock ticked."""
-    from cachelab.caching.eviction import apply_ops, lru_clock, stat, wait_for_lru_tick
-
     # Replies to a batch of GETs wait in Redis's memory until sent, and evict like data.
     batch = max(1, min(32, REPLY_BUDGET_BYTES // len(value)))
     progress: dict[str, object] = {"round": 0, "of": len(stream.rounds)}
@@ -157,8 +171,6 @@ def play_stream(lab: Lab, runs: list[PolicyRun], stream: Stream, value: str) -> 
 
 def inspect(run: PolicyRun, stream: Stream) -> None:
     """Freeze the cache, then read Redis's counters and see which keys are left."""
-    from cachelab.caching.eviction import freeze, held_keys
-
     freeze(run.client)
     stats = run.client.info("stats")
     run.evicted_keys, run.expired_keys = int(stats["evicted_keys"]), int(stats["expired_keys"])
@@ -196,16 +208,6 @@ def run(
                                         "many seconds (0: as fast as it goes).", min=0,
                                         max=3600)] = 0.0,
 ) -> Result:
-    from cachelab.caching.eviction import (
-        OpCounts,
-        lru_sampling_trial,
-        measure_capacity,
-        parse_policies,
-        replay_cache_aside,
-    )
-    from cachelab.caching.simulate import RandomEviction, miss_ratios, replay
-    from cachelab.workload.measure import counter_delta, key_sampler, keyspace_counters
-
     try:
         chosen = parse_policies(policies)
     except ValueError as exc:

@@ -17,6 +17,16 @@ from collections import Counter
 from datetime import date, timedelta
 from typing import TYPE_CHECKING, Annotated, Any
 
+from cachelab.caching import QueryCache
+from cachelab.caching.dependencies import (
+    Change,
+    ChangeNotifier,
+    DependencyIndex,
+    DependentQueryCache,
+    install_change_capture,
+    table_rule,
+    table_tags,
+)
 from cachelab.exercise import ExerciseInfo, Opt, Result
 from cachelab.shop.database import (
     CATEGORIES,
@@ -31,7 +41,6 @@ from cachelab.workload.measure import key_sampler
 if TYPE_CHECKING:
     import random
 
-    from cachelab.caching.dependencies import Change
     from cachelab.lab import Lab
     from cachelab.shop.database import ShopDatabase
 
@@ -226,16 +235,6 @@ def run(
                                          max=96)] = 8,
     ttl_s: Annotated[float, Opt("TTL of a cached report, in seconds.", min=10)] = 600.0,
 ) -> Result:
-    from cachelab.caching import QueryCache
-    from cachelab.caching.dependencies import (
-        ChangeNotifier,
-        DependencyIndex,
-        DependentQueryCache,
-        install_change_capture,
-        table_rule,
-        table_tags,
-    )
-
     result = Result(INFO)
     server = lab.redis_server()
     client = lab.closing(server.client())

@@ -14,8 +14,11 @@ import statistics
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any, Literal
+from urllib.parse import urlencode
 
+from cachelab.errors import UsageError
 from cachelab.exercise import ExerciseInfo, Opt, Result
+from cachelab.shop.database import report_parameter_sets
 from cachelab.workload.measure import LATENCY_COLUMNS, latency_row, ratio
 
 if TYPE_CHECKING:
@@ -185,9 +188,6 @@ def start_apis(lab: Lab, db: ShopDatabase,
 def plan_for(lab: Lab, db: ShopDatabase, count: int, *, distribution: Literal["zipf", "uniform"],
              zipf_s: float, report_share: float) -> list[str]:
     """Profiles and products in equal parts, plus ``report_share`` of sales reports."""
-    from urllib.parse import urlencode
-
-    from cachelab.shop.database import report_parameter_sets
     from cachelab.workload.loadgen import Resource, request_plan
 
     lookups = (1 - report_share) / 2
@@ -247,7 +247,6 @@ def run(
     processes: Annotated[int, Opt("Load driver processes sharing the connections.",
                                   min=1, max=64)] = 1,
 ) -> Result:
-    from cachelab.errors import UsageError
     from cachelab.workload.loadgen import LoadSpec
 
     if processes > concurrency:

@@ -20,22 +20,33 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, cast
 
+from cachelab.caching.resharding import (
+    CLUSTER_SLOTS,
+    Audit,
+    ClusterNode,
+    LiveTraffic,
+    MigratingRouter,
+    MigrationReport,
+    Movement,
+    ReshardReport,
+    SlotMigration,
+    TrafficCounts,
+    audit,
+    expected_moved_fraction,
+    load,
+    migrate_moved,
+    modulo_owner,
+    movement,
+    plan_reshard,
+    read_all,
+    slot_owners,
+)
+from cachelab.caching.sharding import ShardRing, key_slot
 from cachelab.exercise import ExerciseInfo, Opt, Result
 
 if TYPE_CHECKING:
     import redis
 
-    from cachelab.caching.resharding import (
-        Audit,
-        ClusterNode,
-        LiveTraffic,
-        MigratingRouter,
-        MigrationReport,
-        Movement,
-        ReshardReport,
-        TrafficCounts,
-    )
-    from cachelab.caching.sharding import ShardRing
     from cachelab.lab import Lab
     from cachelab.servers.redis_server import RedisServer
     from cachelab.servers.topology import Cluster
@@ -174,15 +185,6 @@ def _standalone(lab: Lab, names: list[str], ring_before: ShardRing, ring_after: 
                 moves: Movement, values: dict[str, str], *, rate: float, write_ratio: float,
                 batch: int) -> Standalone:
     """Load N shards by the old ring, add one, and migrate the moved keys under traffic."""
-    from cachelab.caching.resharding import (
-        LiveTraffic,
-        MigratingRouter,
-        audit,
-        load,
-        migrate_moved,
-        read_all,
-    )
-
     old, new = names[:-1], names[-1]
     servers = [lab.redis_server(name) for name in old]
     clients = _clients(lab, servers)
@@ -218,7 +220,6 @@ def _standalone(lab: Lab, names: list[str], ring_before: ShardRing, ring_after: 
 def _cluster_nodes(lab: Lab, masters: list[RedisServer]
                    ) -> tuple[list[ClusterNode], dict[str, str]]:
     """The masters as the resharding sees them, and each one's server name by node id."""
-    from cachelab.caching.resharding import ClusterNode
     from cachelab.workload.redis_info import node_id
 
     clients = _clients(lab, masters)
@@ -230,16 +231,6 @@ def _reshard(lab: Lab, cluster: Cluster, added: RedisServer, values: dict[str, s
              rate: float, write_ratio: float, batch: int, slots_per_step: int,
              shards_after: int) -> Resharded:
     """Reshard an even share of the slots to ``added`` while a workload runs."""
-    from cachelab.caching.resharding import (
-        CLUSTER_SLOTS,
-        LiveTraffic,
-        SlotMigration,
-        audit,
-        plan_reshard,
-        read_all,
-        slot_owners,
-    )
-    from cachelab.caching.sharding import key_slot
     from cachelab.workload.redis_info import info_cluster
 
     # Known to all is not enough: until it has learnt the slot map (and its start-up
@@ -320,16 +311,6 @@ def run(
                                        "(redis-cli moves one at a time).",
                                        min=1, max=16384)] = 128,
 ) -> Result:
-    from cachelab.caching.resharding import (
-        CLUSTER_SLOTS,
-        expected_moved_fraction,
-        load,
-        modulo_owner,
-        movement,
-        slot_owners,
-    )
-    from cachelab.caching.sharding import ShardRing, key_slot
-
     result = Result(INFO)
     n = shards
     names = [f"shard-{i}" for i in range(1, n + 2)]

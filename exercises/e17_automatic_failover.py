@@ -16,6 +16,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any
 
+from cachelab.errors import ServerStartError
 from cachelab.exercise import ExerciseInfo, Opt, Result
 
 if TYPE_CHECKING:
@@ -163,8 +164,6 @@ def _replica_set(lab: Lab, replicas: int, name: str) -> ReplicaSet:
     a second later, and a kill in between would find it empty. A write that WAIT
     confirms on every replica proves the streams flow (the key is deleted again).
     """
-    from cachelab.errors import ServerStartError
-
     replica_set = lab.replica_set(replicas=replicas, name=name)
     with replica_set.primary.client(socket_timeout=15) as client:
         client.set("failover:ready", 1)

@@ -17,18 +17,28 @@ from __future__ import annotations
 
 import itertools
 import json
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
+from cachelab.caching.rate_limit import (
+    ALGORITHMS,
+    Decision,
+    Limiter,
+    LimitSpec,
+    TokenBucketLimiter,
+    max_in_any_window,
+)
 from cachelab.exercise import ExerciseInfo, Opt, Result
+from cachelab.shop.database import ShopDatabase, build_shop
+from cachelab.shop.middleware import DECIDED_HEADER
 from cachelab.workload.keyspace import Keyspace
 
 if TYPE_CHECKING:
     import redis
 
-    from cachelab.caching.rate_limit import Decision, Limiter
     from cachelab.lab import Lab
 
 INFO = ExerciseInfo(
@@ -200,15 +210,8 @@ def run(
         Literal["fixed", "sliding_log", "sliding_counter", "token_bucket"],
         Opt("The limiter of the HTTP API.")] = "token_bucket",
 ) -> Result:
-    from cachelab.caching.rate_limit import (
-        ALGORITHMS,
-        LimitSpec,
-        TokenBucketLimiter,
-        max_in_any_window,
-    )
     from cachelab.children import stop_all
     from cachelab.children.rate_limit import HammerProcess, results_key
-    from cachelab.shop.database import ShopDatabase, build_shop
     from cachelab.shop.server import ApiServer
     from cachelab.workload.redis_info import redis_clock_us
 
@@ -421,12 +424,9 @@ def _walk_to_429(url: str, limit: int, workers: int = 4) -> tuple[list[Row], Row
     the answers are then put in the order the limiter decided them (its clock, from
     the X-RateLimit-Decided-Us header), up to the first 429.
     """
-    import threading
     from concurrent.futures import ThreadPoolExecutor
 
     import httpx
-
-    from cachelab.shop.middleware import DECIDED_HEADER
 
     def row(n: int | str, answer: httpx.Response) -> Row:
         h = answer.headers

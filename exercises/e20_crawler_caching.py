@@ -14,12 +14,20 @@ revalidated.
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any
 
-from cachelab.caching.http_cache import PAGE_NAMESPACE
+from cachelab.caching.http_cache import (
+    PAGE_NAMESPACE,
+    CachePolicy,
+    http_date,
+    parse_cache_control,
+    parse_http_date,
+    strong_etag,
+)
 from cachelab.errors import UsageError
 from cachelab.exercise import ExerciseInfo, Opt, Result
 from cachelab.workload.keyspace import Keyspace
@@ -29,7 +37,6 @@ if TYPE_CHECKING:
     import httpx
     import redis
 
-    from cachelab.caching.http_cache import CachePolicy
     from cachelab.lab import Lab
     from cachelab.shop.database import ShopDatabase
     from cachelab.shop.server import ApiServer
@@ -231,8 +238,6 @@ def run(
 ) -> Result:
     import httpx
 
-    from cachelab.caching.http_cache import CachePolicy
-
     result = Result(INFO)
     policy = CachePolicy(max_age_s=max_age_s, s_maxage_s=s_maxage_s,
                          stale_while_revalidate_s=stale_while_revalidate_s)
@@ -349,8 +354,6 @@ def run(
 
 
 def _check_headers(result: Result, crawl: Crawl, policy: CachePolicy) -> None:
-    from cachelab.caching.http_cache import parse_cache_control, parse_http_date, strong_etag
-
     wanted = parse_cache_control(policy.header())
     good, problems = 0, list[str]()
     for f in crawl.fetches:
@@ -460,8 +463,6 @@ def _check_changed(result: Result, after: Crawl, before: Mapping[int, Fetch], db
 
 def _check_conditionals(result: Result, crawler: Crawler, page: Fetch) -> list[list[Any]]:
     """Send ``page`` each kind of conditional request; returns the table's rows."""
-    from cachelab.caching.http_cache import http_date, parse_http_date
-
     etag, modified = page.etag, page.headers["last-modified"]
     seconds = parse_http_date(modified)
     assert seconds is not None
@@ -508,8 +509,6 @@ class ClientCache:
 
     def __init__(self, lab: Lab, api: ApiServer, cache: redis.Redis, ids: Sequence[int],
                  policy: CachePolicy) -> None:
-        import sqlite3
-
         import hishel
         import httpx
         from hishel.httpx import CacheTransport
@@ -622,8 +621,6 @@ class ClientRead:
 
     @property
     def date(self) -> float:
-        from cachelab.caching.http_cache import parse_http_date
-
         return float(parse_http_date(self.reply.headers["date"]) or 0)
 
     def row(self) -> list[Any]:

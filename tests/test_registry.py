@@ -208,6 +208,22 @@ def test_the_catalogue_reads_every_info_without_importing_and_matches_the_module
     assert out.strip() == "[]"  # `cachelab list` imports no exercise
 
 
+def test_an_exercise_module_imports_no_third_party_package() -> None:
+    """Keep module import cheap (the contract in cachelab.exercise): `show`, `run --help`
+    and `run all` import every module they name before anything runs."""
+    import subprocess
+    import sys
+
+    probe = ("import importlib, sys; from cachelab.registry import catalogue; "
+             "entries = catalogue(); before = set(sys.modules); "
+             "[importlib.import_module(e.module_name) for e in entries]; "
+             "print(sorted({m.split('.')[0] for m in set(sys.modules) - before} "
+             "- set(sys.stdlib_module_names) - {'cachelab', 'exercises', '__mp_main__'}))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"  # redis, httpx, fastapi, ... are imported inside run()
+
+
 def test_a_non_literal_info_falls_back_to_importing(tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     from cachelab.registry import _literal_info
