@@ -131,8 +131,8 @@ class Result:
     def check_counts(self, name: str, ours: Sequence[int], server: Sequence[int], *,
                      shared: bool, detail: str) -> bool:
         """Check counts Redis keeps for the whole server (INFO, commandstats) against the
-        run's own: equal on a server the lab owns; on a shared one (``lab.shared``) other
-        clients add to Redis's, so there they must only be at least the run's."""
+        run's own: equal on a server the lab owns, at least the run's on a shared one
+        (``lab.shared``), where other clients' commands add to Redis's."""
         if not shared:
             return self.check(name, tuple(server) == tuple(ours), detail)
         return self.check(name, all(s >= o for s, o in zip(server, ours, strict=True)),
