@@ -189,9 +189,10 @@ class Lab:
             raise ValueError(f"a server named {name!r} already runs in this lab")
 
     @property
-    def existing(self) -> ExistingDeployment | None:
-        """The existing deployment this run uses instead of its own servers, if any."""
-        return self._existing
+    def shared(self) -> bool:
+        """Whether the run's Redis is an existing deployment, which other clients use too:
+        its server-wide counts (INFO, commandstats) then include theirs."""
+        return self._existing is not None
 
     def _own_servers_only(self, what: str) -> None:
         """Refuse, on an existing deployment, what only servers the lab owns allow."""

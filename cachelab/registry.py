@@ -25,6 +25,8 @@ from cachelab.exercise import ExerciseInfo, Opt, Result
 if TYPE_CHECKING:
     from importlib.metadata import EntryPoint
 
+    from cachelab.lab import Lab
+
 _OPTION_TYPES = (int, float, str, bool)
 
 
@@ -59,12 +61,21 @@ class ExerciseOption:
 
 @dataclass(frozen=True)
 class Exercise:
-    """A registered exercise: its metadata, options and ``run`` function."""
+    """A registered exercise: its metadata, its module and the options of its ``run``."""
 
     info: ExerciseInfo
     module: ModuleType
-    run: Callable[..., Result]
     options: tuple[ExerciseOption, ...]
+
+    def run(self, lab: Lab, **params: Any) -> Result:
+        """The module's ``run(lab, **params)``, its Result held to the contract: made from
+        this exercise's INFO, with every declared check and metric recorded."""
+        result = self.module.run(lab, **params)
+        if not isinstance(result, Result) or result.info != self.info:
+            raise ExerciseContractError(f"{self.info.id}: run() must return Result(INFO), "
+                                        "made from its own INFO")
+        result.ensure_complete()
+        return result
 
     @property
     def doc(self) -> str:
@@ -115,7 +126,14 @@ def load_exercise(module: ModuleType) -> Exercise:
         raise ExerciseContractError(f"{name}: INFO.id must look like 'exercise-11'")
     if not re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)*", info.slug):
         raise ExerciseContractError(f"{name}: INFO.slug must be lower-case words joined by '-'")
-    return Exercise(info, module, run, _options(name, run))
+    for field, names in (("checks", info.checks), ("metrics", info.metrics)):
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ExerciseContractError(f"{name}: INFO.{field} names {', '.join(twice)} twice")
+    if info.headline not in info.metrics:
+        raise ExerciseContractError(f"{name}: INFO.headline {info.headline!r} must be one of "
+                                    "INFO.metrics")
+    return Exercise(info, module, _options(name, run))
 
 
 @dataclass(frozen=True)

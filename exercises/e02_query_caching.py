@@ -4,10 +4,6 @@ Revenue by category for one city over a date range joins orders, order items,
 products, categories and users, then aggregates. The same report is asked for again
 and again with a handful of parameter sets, so its rows are cached under
 ``query:<sha256 of the normalised SQL and its parameters>``.
-
-Metrics: distinct_queries, requests, db_executions_uncached, db_executions_cached,
-db_load_reduction, hit_ratio, query_p50_ms_uncached, query_p50_ms_cached,
-query_p99_ms_uncached, query_p99_ms_cached, speedup_p50, expired_after_s.
 """
 
 from __future__ import annotations
@@ -58,6 +54,11 @@ INFO = ExerciseInfo(
         "a re-spelled query hits the same entry",
         "cached results expire",
     ),
+    metrics=(
+        "distinct_queries", "requests", "db_executions_uncached", "db_executions_cached",
+        "db_load_reduction", "hit_ratio", "query_p50_ms_uncached", "query_p50_ms_cached",
+        "query_p99_ms_uncached", "query_p99_ms_cached", "speedup_p50", "expired_after_s",
+    ),
     headline="speedup_p50",
 )
 
@@ -76,7 +77,7 @@ def run(
     expiry_ttl_s: Annotated[float, Opt("TTL used to show expiry, in seconds.", min=0.1,
                                        max=30)] = 1.0,
 ) -> Result:
-    result = Result()
+    result = Result(INFO)
     server = lab.redis_server()
     cache = lab.closing(server.client())
     db = lab.shop()
@@ -99,8 +100,7 @@ def run(
         executions[query_key(sql, p)] += 1
         return db.query(sql, p)
 
-    # The prefix is "" on a server the lab starts, the run's own on an existing deployment.
-    reports = QueryCache(cache, run_query, ttl_s=ttl_s, namespace=f"{server.prefix}query")
+    reports = QueryCache(cache, run_query, ttl_s=ttl_s, namespace=server.keys("query"))
     cached = LatencyHistogram()
     q0, started = db.queries, time.monotonic()
     for p in lab.track(stream, "cached reports", requests):
@@ -120,7 +120,7 @@ def run(
     respelled_queries = db.queries - before
 
     short = QueryCache(cache, db.query, ttl_s=expiry_ttl_s,
-                       namespace=f"{server.prefix}query-short-ttl")
+                       namespace=server.keys("query-short-ttl"))
     q0 = db.queries
     short.rows(REPORT_SQL, asked[0])
     expired_after = wait_for_expiry(cache, short.key((REPORT_SQL, asked[0])),

@@ -5,11 +5,6 @@ user changed it. Deleting the cache entry right after the database update makes 
 next read miss and load the new profile. The same seeded stream of reads and updates
 is played twice, with invalidation and with TTL-only expiry, and every read is
 compared with the database at that moment.
-
-Metrics: operations, reads, updates, stale_reads_with_invalidation,
-stale_reads_ttl_only, stale_ratio_ttl_only, max_stale_age_s_ttl_only, repopulations,
-first_reads_after_update, hit_ratio_with_invalidation, hit_ratio_ttl_only,
-db_queries_with_invalidation, db_queries_ttl_only.
 """
 
 from __future__ import annotations
@@ -20,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 
 from cachelab.caching import CacheAside
 from cachelab.exercise import ExerciseInfo, Opt, Result
+from cachelab.workload.keyspace import Keyspace
 from cachelab.workload.measure import key_sampler
 
 if TYPE_CHECKING:
@@ -52,6 +48,12 @@ INFO = ExerciseInfo(
         "stale reads without invalidation",
         "the read after an invalidation misses and returns the new data",
     ),
+    metrics=(
+        "operations", "reads", "updates", "stale_reads_with_invalidation", "stale_reads_ttl_only",
+        "stale_ratio_ttl_only", "max_stale_age_s_ttl_only", "repopulations",
+        "first_reads_after_update", "hit_ratio_with_invalidation", "hit_ratio_ttl_only",
+        "db_queries_with_invalidation", "db_queries_ttl_only",
+    ),
     headline="stale_reads_ttl_only",
 )
 
@@ -74,10 +76,10 @@ class Outcome:
 
 
 def play(lab: Lab, cache: redis.Redis, db: ShopDatabase, strategy: Strategy, *,
-         operations: int, update_ratio: float, ttl_s: float, prefix: str = "") -> Outcome:
+         operations: int, update_ratio: float, ttl_s: float, keys: Keyspace) -> Outcome:
     """Run the seeded stream against ``db`` through a cache-aside with ``strategy``;
-    its keys start with ``prefix`` (the server's: "" on one the lab starts)."""
-    profiles = CacheAside(cache, namespace=f"{prefix}user-{strategy}",
+    its keys are named by ``keys``, the server's."""
+    profiles = CacheAside(cache, namespace=keys(f"user-{strategy}"),
                           loader=db.user_profile, ttl_s=ttl_s)
     rng = lab.rng("operations")  # the same stream for both strategies
     next_user = key_sampler(db.size.users, "zipf", zipf_s=1.1, rng=lab.rng("users"))
@@ -119,12 +121,12 @@ def run(
                                        max=0.9)] = 0.1,
     ttl_s: Annotated[float, Opt("TTL of a cached profile, in seconds.", min=1)] = 300.0,
 ) -> Result:
-    result = Result()
+    result = Result(INFO)
     server = lab.redis_server()
     cache = lab.closing(server.client())
     runs = {strategy: play(lab, cache, lab.shop(f"shop-{strategy}"), strategy,
                            operations=operations, update_ratio=update_ratio, ttl_s=ttl_s,
-                           prefix=server.prefix)
+                           keys=server.keys)
             for strategy in ("invalidate", "ttl-only")}
     inv, ttl = runs["invalidate"], runs["ttl-only"]
 

@@ -8,11 +8,6 @@ to the database and then into the cache in one call. The same launch, with the s
 reads and changes, is played on a lazy cache-aside cache (delete on update) as the
 baseline. Last, Redis is made to refuse writes, to show that a failed cache write is
 reported and never served stale.
-
-Metrics: products, preload_s, launch_requests, updates, launch_hit_ratio_eager,
-launch_hit_ratio_lazy, launch_db_reads_eager, launch_db_reads_lazy, reads_after_update,
-stale_reads_after_update, launch_p50_ms_eager, launch_p99_ms_eager, launch_p50_ms_lazy,
-launch_p99_ms_lazy, cache_write_failures.
 """
 
 from __future__ import annotations
@@ -27,6 +22,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 from cachelab.caching import CacheAside
 from cachelab.caching.eager import WriteThrough
 from cachelab.exercise import ExerciseInfo, Opt, Result
+from cachelab.shop.database import ShopDatabase
 from cachelab.workload.measure import (
     LATENCY_COLUMNS,
     LatencyHistogram,
@@ -41,7 +37,6 @@ if TYPE_CHECKING:
     import redis
 
     from cachelab.lab import Lab
-    from cachelab.shop.database import ShopDatabase
 
 INFO = ExerciseInfo(
     id="exercise-4",
@@ -76,6 +71,12 @@ INFO = ExerciseInfo(
         "each update is visible on the very next read",
         "no read after an update returns stale data",
         "a refused cache write is reported and never served stale",
+    ),
+    metrics=(
+        "products", "preload_s", "launch_requests", "updates", "launch_hit_ratio_eager",
+        "launch_hit_ratio_lazy", "launch_db_reads_eager", "launch_db_reads_lazy",
+        "reads_after_update", "stale_reads_after_update", "launch_p50_ms_eager",
+        "launch_p99_ms_eager", "launch_p50_ms_lazy", "launch_p99_ms_lazy", "cache_write_failures",
     ),
     headline="launch_db_reads_eager",
     own_servers="makes its Redis refuse writes (CONFIG SET maxmemory 1) to show a failed "
@@ -180,8 +181,6 @@ def launch(cache: redis.Redis, storefront: ShopDatabase, office: ShopDatabase, *
 
 def back_office_of(lab: Lab, storefront: ShopDatabase) -> ShopDatabase:
     """A second connection to the same file: the back office's writes are counted apart."""
-    from cachelab.shop.database import ShopDatabase
-
     office = ShopDatabase(storefront.path, latency_ms=storefront.latency_ms,
                           size=storefront.size)
     lab.callback(office.close)
@@ -240,7 +239,7 @@ def run(
     lazy_ttl_s: Annotated[float, Opt("TTL of the lazy baseline's entries, in seconds.",
                                      min=0.1)] = 300.0,
 ) -> Result:
-    result = Result()
+    result = Result(INFO)
     cache = lab.redis()
     shops = {name: lab.shop(f"shop-{name}") for name in ("eager", "lazy")}
     offices = {name: back_office_of(lab, shop) for name, shop in shops.items()}

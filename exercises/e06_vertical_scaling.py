@@ -11,14 +11,6 @@ is replaced atomically, its connections to the old instance are closed, and the 
 instance, read one last time, is stopped. Both copies are compared key by key, value
 and TTL, with that final state; the servers' own counters show where the application's
 reads went; the workload's errors are counted and timed.
-
-Metrics: keys, keys_missing, value_mismatches, ttl_mismatches, keys_extra,
-live_writes_checked, keys_rewritten_after_switch, migration_s_replication,
-replication_sync_s, write_pause_ms_replication, migration_s_copy, copy_bulk_s, copy_catchup_s,
-write_pause_ms_copy, copy_drift_keys, copy_keys_missing, copy_ttl_mismatches,
-workload_errors, failed_ops, switch_stall_ms, reads, wrong_reads, reads_on_new,
-new_get_calls, old_used_memory_ratio, old_evicted_keys, oom_refusals,
-new_used_memory_ratio, new_evicted_keys.
 """
 
 from __future__ import annotations
@@ -28,6 +20,12 @@ from collections import Counter
 from typing import TYPE_CHECKING, Annotated, Literal
 
 from cachelab.exercise import ExerciseInfo, Opt, Result
+from cachelab.workload.redis_info import (
+    command_calls,
+    counter_delta,
+    keyspace_counters,
+    used_memory_ratio,
+)
 
 if TYPE_CHECKING:
     import redis
@@ -82,6 +80,15 @@ INFO = ExerciseInfo(
         "the workload never read a wrong value",
         "workload errors only during the switch, every failed command retried",
         "the larger instance runs below its limit",
+    ),
+    metrics=(
+        "keys", "keys_missing", "value_mismatches", "ttl_mismatches", "keys_extra",
+        "live_writes_checked", "keys_rewritten_after_switch", "migration_s_replication",
+        "replication_sync_s", "write_pause_ms_replication", "migration_s_copy", "copy_bulk_s",
+        "copy_catchup_s", "write_pause_ms_copy", "copy_drift_keys", "copy_keys_missing",
+        "copy_ttl_mismatches", "workload_errors", "failed_ops", "switch_stall_ms", "reads",
+        "wrong_reads", "reads_on_new", "new_get_calls", "old_used_memory_ratio", "old_evicted_keys",
+        "oom_refusals", "new_used_memory_ratio", "new_evicted_keys",
     ),
     headline="migration_s_replication",
     own_servers="starts a bigger server and moves the cache onto it",
@@ -145,18 +152,12 @@ def run(
         snapshot,
     )
     from cachelab.workload.live import CacheAddress, LiveWorkload, write_config
-    from cachelab.workload.redis_info import (
-        command_calls,
-        counter_delta,
-        keyspace_counters,
-        used_memory_ratio,
-    )
 
-    result = Result()
+    result = Result(INFO)
     memory = {"maxmemory_policy": policy}
     # The replication backlog is allocated when the first replica attaches and counts
     # against maxmemory: on a full 4 MB instance the default 1 MB would evict a quarter.
-    old = lab.redis_server("old", maxmemory=f"{old_maxmemory_mb}mb",
+    old = lab.own_redis_server("old", maxmemory=f"{old_maxmemory_mb}mb",
                            repl_backlog_size="16kb", **memory)
     old_admin, old_raw = admin(lab, old), admin(lab, old, raw=True)
     old_address = f"{old.host}:{old.port}"

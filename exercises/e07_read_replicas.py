@@ -6,11 +6,6 @@ at random. Each node's own ``INFO commandstats`` says how many reads it served, 
 must agree with the balancer's count and be an even split. Replication is asynchronous:
 a write burst is sampled for how many bytes each replica is behind, and a read of
 one's own write from a replica is tried plain, after ``WAIT``, and from the primary.
-
-Metrics: replicas, reads, read_balance_max_over_mean, read_balance_min_over_mean,
-primary_reads, read_p50_ms, read_p99_ms, ryw_trials, ryw_violations_async,
-ryw_violations_wait, ryw_violations_primary, wait_min_acked, waits_short,
-max_replication_lag_bytes, mean_replication_lag_bytes, lag_samples, converge_ms.
 """
 
 from __future__ import annotations
@@ -69,6 +64,12 @@ INFO = ExerciseInfo(
         "read-your-writes from the primary: no stale reads",
         "the replication offsets converge",
         "every replica holds the primary's values",
+    ),
+    metrics=(
+        "replicas", "reads", "read_balance_max_over_mean", "read_balance_min_over_mean",
+        "primary_reads", "read_p50_ms", "read_p99_ms", "ryw_trials", "ryw_violations_async",
+        "ryw_violations_wait", "ryw_violations_primary", "wait_min_acked", "waits_short",
+        "max_replication_lag_bytes", "mean_replication_lag_bytes", "lag_samples", "converge_ms",
     ),
     headline="read_balance_max_over_mean",
     own_servers="starts a primary with replicas of its own and stops one of them",
@@ -138,7 +139,7 @@ def run(
     wait_timeout_ms: Annotated[int, Opt("WAIT timeout in wait mode, in ms.", min=1,
                                         max=60_000)] = 1000,
 ) -> Result:
-    result = Result()
+    result = Result(INFO)
     topology = lab.replica_set(replicas=replicas)
     servers: list[RedisServer] = [topology.primary, *topology.replicas]
     names = [s.name for s in servers]

@@ -7,10 +7,6 @@ the cluster client does the routing. Every user's keys carry the user id as a ha
 tag (``user:{42}:profile``), so all three route by the same sharding key and keep a
 user's keys together. Each scheme gets the same pipelined writes; then every shard is
 scanned to find each key, and each shard's own counters say how many writes it took.
-
-Metrics: shards, users, keys, misplaced_keys, balance_modulo, balance_ring,
-balance_cluster, writes_per_s, writes_per_s_modulo, writes_per_s_ring,
-writes_per_s_cluster, writes_per_s_unpipelined, ring_points, cluster_slot_mismatches.
 """
 
 from __future__ import annotations
@@ -20,12 +16,25 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated
 
+from cachelab.caching.sharding import (
+    Placement,
+    ShardedWriter,
+    ShardRing,
+    SlotMap,
+    WriteReport,
+    check_placement,
+    key_slot,
+    modulo_shard,
+    scan_keys,
+    write_through_cluster,
+)
 from cachelab.exercise import ExerciseInfo, Opt, Result
+from cachelab.workload.measure import balance
+from cachelab.workload.redis_info import command_calls
 
 if TYPE_CHECKING:
     import redis
 
-    from cachelab.caching.sharding import Placement, WriteReport
     from cachelab.lab import Lab
 
 INFO = ExerciseInfo(
@@ -61,6 +70,12 @@ INFO = ExerciseInfo(
         "the cluster spreads keys over all masters",
         "writes per shard from each shard's own counters match the router's",
     ),
+    metrics=(
+        "shards", "users", "keys", "misplaced_keys", "balance_modulo", "balance_ring",
+        "balance_cluster", "writes_per_s", "writes_per_s_modulo", "writes_per_s_ring",
+        "writes_per_s_cluster", "writes_per_s_unpipelined", "ring_points",
+        "cluster_slot_mismatches",
+    ),
     headline="balance_ring",
     own_servers="starts its own shards and a Redis Cluster",
 )
@@ -90,8 +105,6 @@ class SchemeRun:
 
     @property
     def balance(self) -> float:
-        from cachelab.workload.measure import balance
-
         return balance(self.found(s) for s in self.shards)[0]
 
     def disagreements(self) -> list[str]:
@@ -107,9 +120,6 @@ def inspect(scheme: str, clients: dict[str, redis.Redis], labels: dict[str, str]
             report: WriteReport, expected: dict[str, str], calls_before: dict[str, int],
             expected_share: dict[str, float]) -> SchemeRun:
     """Read back from every shard: SCAN for the keys, INFO and DBSIZE for the counts."""
-    from cachelab.caching.sharding import check_placement, scan_keys
-    from cachelab.workload.redis_info import command_calls
-
     found = {name: scan_keys(client, "user:*") for name, client in clients.items()}
     return SchemeRun(
         scheme=scheme, shards=list(clients), labels=labels, report=report,
@@ -154,17 +164,9 @@ def run(
     ring_points: Annotated[int, Opt("Points per shard on the ring; 160 is ketama's.", min=1,
                                     max=5000)] = 160,
 ) -> Result:
-    from cachelab.caching.sharding import (
-        ShardedWriter,
-        ShardRing,
-        SlotMap,
-        key_slot,
-        modulo_shard,
-        write_through_cluster,
-    )
-    from cachelab.workload.redis_info import CLUSTER_SLOTS, command_calls
+    from cachelab.workload.redis_info import CLUSTER_SLOTS
 
-    result = Result()
+    result = Result(INFO)
     user_ids = lab.rng("users").sample(range(1, USER_ID_SPACE), users)
     fields = FIELDS[:keys_per_user]
     value = "v" * value_bytes

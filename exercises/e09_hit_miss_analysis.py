@@ -7,10 +7,6 @@ cache's own counts and Redis's INFO must tell the same story. Then the log is pu
 work: its key sequence is replayed against short-lived redis-servers of growing
 ``maxmemory`` under an eviction policy, and the smallest size that reaches the target
 hit ratio is recommended.
-
-Metrics: requests, hits, misses, hit_ratio, redis_keyspace_hits, redis_keyspace_misses,
-log_lines, prometheus_hits, prometheus_misses, recommended_maxmemory_mb,
-hit_ratio_at_recommended, best_sweep_hit_ratio, hit_p50_ms, miss_p50_ms, ops_per_s.
 """
 
 from __future__ import annotations
@@ -79,6 +75,12 @@ INFO = ExerciseInfo(
         "the hit ratio does not fall as memory grows",
         "a swept size reaches the target hit ratio",
     ),
+    metrics=(
+        "requests", "hits", "misses", "hit_ratio", "redis_keyspace_hits", "redis_keyspace_misses",
+        "log_lines", "prometheus_hits", "prometheus_misses", "recommended_maxmemory_mb",
+        "hit_ratio_at_recommended", "best_sweep_hit_ratio", "hit_p50_ms", "miss_p50_ms",
+        "ops_per_s",
+    ),
     headline="recommended_maxmemory_mb",
     own_servers="sets maxmemory on servers it starts, one size after another",
 )
@@ -145,7 +147,7 @@ def replay(lab: Lab, name: str, maxmemory_mb: float, policy: str, trace: list[in
     """
     import redis
 
-    server = lab.redis_server(name, maxmemory=redis_size(maxmemory_mb),
+    server = lab.own_redis_server(name, maxmemory=redis_size(maxmemory_mb),
                               maxmemory_policy=policy)
     client = server.client()
     try:
@@ -207,7 +209,7 @@ def run(
     target_hit_ratio: Annotated[float, Opt("Hit ratio the recommended size must reach.",
                                            min=0.01, max=1)] = 0.7,
 ) -> Result:
-    result = Result()
+    result = Result(INFO)
     if sweep_max_mb <= sweep_min_mb:
         raise UsageError(f"--sweep-max-mb {sweep_max_mb:g} must exceed --sweep-min-mb "
                          f"{sweep_min_mb:g}")

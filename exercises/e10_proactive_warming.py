@@ -9,13 +9,6 @@ with no protection, against the warmed cache, and against a cold cache guarded b
 no protection, with XFetch (probabilistic early recomputation) as published, and with
 XFetch plus a lock. A load is one call of the page loader, which makes two database
 queries.
-
-Metrics: surge_readers, surge_requests, warm_ms, warm_lead_ms, db_loads_cold,
-db_loads_warmed, db_loads_warmer, db_loads_lock, p50_ms_cold, p99_ms_cold,
-p50_ms_warmed, p99_ms_warmed, p50_ms_lock, p99_ms_lock, steady_requests,
-expiries_xfetch, db_loads_unprotected, db_loads_xfetch_published, db_loads_xfetch,
-max_loads_per_expiry_unprotected, max_loads_per_expiry_xfetch_published,
-max_loads_per_expiry_xfetch, p99_ms_unprotected, p99_ms_xfetch, xfetch_lead_ms.
 """
 
 from __future__ import annotations
@@ -30,6 +23,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 from cachelab.caching import CacheAside
 from cachelab.caching.warming import LockedCache, StreamWatcher, Warmer, XFetchCache
 from cachelab.exercise import ExerciseInfo, Opt, Result
+from cachelab.workload.keyspace import Keyspace
 from cachelab.workload.measure import LatencyHistogram
 from cachelab.workload.threads import run_concurrently
 
@@ -77,10 +71,18 @@ INFO = ExerciseInfo(
         "every read returned the current account page",
         "load counts match the database's query count",
     ),
+    metrics=(
+        "surge_readers", "surge_requests", "warm_ms", "warm_lead_ms", "db_loads_cold",
+        "db_loads_warmed", "db_loads_warmer", "db_loads_lock", "p50_ms_cold", "p99_ms_cold",
+        "p50_ms_warmed", "p99_ms_warmed", "p50_ms_lock", "p99_ms_lock", "steady_requests",
+        "expiries_xfetch", "db_loads_unprotected", "db_loads_xfetch_published", "db_loads_xfetch",
+        "max_loads_per_expiry_unprotected", "max_loads_per_expiry_xfetch_published",
+        "max_loads_per_expiry_xfetch", "p99_ms_unprotected", "p99_ms_xfetch", "xfetch_lead_ms",
+    ),
     headline="warm_lead_ms",
 )
 
-STREAM = "posts"  # after the server's prefix ("" on a server the lab starts)
+STREAM = "posts"  # named by the server, like every key: server.keys(STREAM)
 QUERIES_PER_LOAD = 2  # ShopDatabase.account_page: the account, then its latest posts
 
 
@@ -179,14 +181,14 @@ def surge(client: redis.Redis, db: ShopDatabase, account_id: int,
 def steady(lab: Lab, client: redis.Redis, db: ShopDatabase, account_id: int,
            expected: dict[str, Any] | None, row: Row, *, namespace: str, beta: float,
            lock: bool, rate: int, duration_s: float, readers: int, ttl_s: float,
-           lock_ttl_ms: int, prefix: str = "") -> XFetchCache[int]:
+           lock_ttl_ms: int, keys: Keyspace) -> XFetchCache[int]:
     """Paced reads of one entry that expires every ``ttl_s``, through XFetch.
 
-    Its keys are ``{prefix}{namespace}:...``; its random draws are seeded by ``namespace``
-    alone, so that a seed repeats them whatever the server's prefix.
+    Its keys are ``keys(namespace)`` and below; its random draws are seeded by
+    ``namespace`` alone, so that a seed repeats them whatever the server's prefix.
     """
     loader = PageLoader(db)
-    cache = XFetchCache(client, namespace=f"{prefix}{namespace}", loader=loader, ttl_s=ttl_s,
+    cache = XFetchCache(client, namespace=keys(namespace), loader=loader, ttl_s=ttl_s,
                         beta=beta, lock=lock, lock_ttl_ms=lock_ttl_ms,
                         rng=lab.rng(namespace))
     cache.fetch(account_id)  # the first fill happens before the traffic and is not counted
@@ -239,13 +241,10 @@ def run(
                                "default is 1; 0 never refreshes early).", min=0,
                                max=50)] = 2.0,
 ) -> Result:
-    result = Result()
+    result = Result(INFO)
     server = lab.redis_server()
     client = lab.closing(server.client())
-    # Every key and the stream live under the server's prefix: "" on a server the lab
-    # starts, the run's own on an existing deployment.
-    prefix = server.prefix
-    stream = f"{prefix}{STREAM}"
+    stream = server.keys(STREAM)
     db = lab.shop()
     celebrity = int(db.celebrity()["id"])
     surge_options: dict[str, Any] = {
@@ -259,7 +258,7 @@ def run(
     # 1. Cold: nobody warms the page, every reader that misses loads it.
     cold_loader = PageLoader(db)
     cold = Row("surge: cold")
-    cold_cache = CacheAside(client, namespace=f"{prefix}page-cold", loader=cold_loader,
+    cold_cache = CacheAside(client, namespace=server.keys("page-cold"), loader=cold_loader,
                             ttl_s=page_ttl_s)
     surges = [surge(client, db, celebrity, cold_cache.fetch, cold,
                     loads=lambda: cold_loader.calls, title="cold open", **surge_options)]
@@ -267,9 +266,9 @@ def run(
     # 2. Warmed: the watcher sees the post on the stream and stores the page.
     reader_loader, warm_loader = PageLoader(db), PageLoader(db)
     warmed = Row("surge: warmed")
-    warmed_cache = CacheAside(client, namespace=f"{prefix}page-warmed", loader=reader_loader,
+    warmed_cache = CacheAside(client, namespace=server.keys("page-warmed"), loader=reader_loader,
                               ttl_s=page_ttl_s)
-    warmer = Warmer(client, namespace=f"{prefix}page-warmed", loader=warm_loader,
+    warmer = Warmer(client, namespace=server.keys("page-warmed"), loader=warm_loader,
                     ttl_s=page_ttl_s, accounts={celebrity})
     watcher = lab.enter_context(StreamWatcher(client, stream, warmer.on_entry, block_ms=100))
     warm_surge = surge(client, db, celebrity, warmed_cache.fetch, warmed,
@@ -281,7 +280,7 @@ def run(
     # 3. Lock: a cold cache again, but only the lock's holder loads.
     lock_loader = PageLoader(db)
     locked = Row("surge: lock")
-    lock_cache = LockedCache(client, namespace=f"{prefix}page-lock", loader=lock_loader,
+    lock_cache = LockedCache(client, namespace=server.keys("page-lock"), loader=lock_loader,
                              ttl_s=page_ttl_s, lock_ttl_ms=lock_ttl_ms)
     surges.append(surge(client, db, celebrity, lock_cache.fetch, locked,
                         loads=lambda: lock_loader.calls, title="locked in", **surge_options))
@@ -290,7 +289,7 @@ def run(
     expected = db.account_page(celebrity)  # the truth, read before the counts start
     steady_options: dict[str, Any] = {
         "rate": steady_rate, "duration_s": steady_s, "readers": steady_readers,
-        "ttl_s": expiry_ttl_s, "lock_ttl_ms": lock_ttl_ms, "prefix": prefix}
+        "ttl_s": expiry_ttl_s, "lock_ttl_ms": lock_ttl_ms, "keys": server.keys}
     unprotected = Row("steady: no guard")
     steady(lab, client, db, celebrity, expected, unprotected, namespace="steady-none", beta=0,
            lock=False, **steady_options)
@@ -407,10 +406,10 @@ def run(
                     "heavy traffic, more when a load runs slower than the last), and a "
                     "refresh that starts too late lets the misses stampede. The lock leaves "
                     "one load per expiry. Try --beta 1, the paper's default.")
-    if lab.existing is not None:
-        result.note(f"On this existing deployment every key and the stream are under "
-                    f"{prefix}. Loads, misses and the warming timeline are this run's own "
-                    "counts and clocks; latencies include the network and the deployment's "
-                    "other clients, so they differ from a local run.")
+    if lab.shared:
+        result.note("On this existing deployment every key and the stream are under "
+                    f"{server.keys.prefix}. Loads, misses and the warming timeline are this "
+                    "run's own counts and clocks; latencies include the network and the "
+                    "deployment's other clients, so they differ from a local run.")
     return result
 

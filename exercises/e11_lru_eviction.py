@@ -7,12 +7,6 @@ and noeviction refuses the writes instead. Then the Redis documentation's experi
 measures how close LRU by sampling (``maxmemory-samples`` 5 and 10) comes to exact LRU,
 and one seeded key trace is replayed through Redis and through exact LRU, LFU, FIFO
 and SIEVE in a simulator at the same capacity.
-
-Metrics: maxmemory_bytes, capacity_keys, bytes_per_key, hot_keys, keys_written,
-evicted_keys, hot_survival_lru, hot_survival_lfu, hot_survival_random,
-oom_errors_noeviction, lru_accuracy_samples5, lru_accuracy_samples10,
-trace_requests, trace_capacity_keys, miss_ratio_redis_lru, miss_ratio_exact_lru,
-miss_ratio_lfu, miss_ratio_fifo, miss_ratio_sieve, miss_ratio_random.
 """
 
 from __future__ import annotations
@@ -21,15 +15,30 @@ import statistics
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated
 
+from cachelab.caching.eviction import (
+    Op,
+    OpCounts,
+    SamplingTrial,
+    apply_ops,
+    freeze,
+    held_keys,
+    lru_sampling_trial,
+    measure_capacity,
+    parse_policies,
+    replay_cache_aside,
+    wait_for_lru_tick,
+)
+from cachelab.caching.simulate import RandomEviction, miss_ratios, replay
 from cachelab.errors import UsageError
 from cachelab.exercise import ExerciseInfo, Opt, Result
+from cachelab.workload.measure import key_sampler
+from cachelab.workload.redis_info import counter_delta, keyspace_counters, lru_clock, stat
 
 if TYPE_CHECKING:
     import random
 
     import redis
 
-    from cachelab.caching.eviction import Op, OpCounts, SamplingTrial
     from cachelab.lab import Lab
 
 INFO = ExerciseInfo(
@@ -66,6 +75,13 @@ INFO = ExerciseInfo(
         "noeviction refuses writes with OOM and evicts nothing",
         "sampling 10 keys is at least as close to exact LRU as sampling 5",
         "Redis's LRU and exact LRU miss ratios measured on the same trace",
+    ),
+    metrics=(
+        "maxmemory_bytes", "capacity_keys", "bytes_per_key", "hot_keys", "keys_written",
+        "evicted_keys", "hot_survival_lru", "hot_survival_lfu", "hot_survival_random",
+        "oom_errors_noeviction", "lru_accuracy_samples5", "lru_accuracy_samples10",
+        "trace_requests", "trace_capacity_keys", "miss_ratio_redis_lru", "miss_ratio_exact_lru",
+        "miss_ratio_lfu", "miss_ratio_fifo", "miss_ratio_sieve", "miss_ratio_random",
     ),
     headline="hot_survival_lru",
     own_servers="sets maxmemory and the eviction policy, which changes server configuration",
@@ -137,9 +153,6 @@ def build_stream(rng: random.Random, *, capacity: int, hot_share: float,
 
 def play_stream(lab: Lab, runs: list[PolicyRun], stream: Stream, value: str) -> None:
     """Play every round on every server, each round after that server's LRU clock ticked."""
-    from cachelab.caching.eviction import apply_ops, wait_for_lru_tick
-    from cachelab.workload.redis_info import lru_clock, stat
-
     # Replies to a batch of GETs wait in Redis's memory until sent, and evict like data.
     batch = max(1, min(32, REPLY_BUDGET_BYTES // len(value)))
     progress: dict[str, object] = {"round": 0, "of": len(stream.rounds)}
@@ -157,8 +170,6 @@ def play_stream(lab: Lab, runs: list[PolicyRun], stream: Stream, value: str) -> 
 
 def inspect(run: PolicyRun, stream: Stream) -> None:
     """Freeze the cache, then read Redis's counters and see which keys are left."""
-    from cachelab.caching.eviction import freeze, held_keys
-
     freeze(run.client)
     stats = run.client.info("stats")
     run.evicted_keys, run.expired_keys = int(stats["evicted_keys"]), int(stats["expired_keys"])
@@ -196,17 +207,6 @@ def run(
                                         "many seconds (0: as fast as it goes).", min=0,
                                         max=3600)] = 0.0,
 ) -> Result:
-    from cachelab.caching.eviction import (
-        OpCounts,
-        lru_sampling_trial,
-        measure_capacity,
-        parse_policies,
-        replay_cache_aside,
-    )
-    from cachelab.caching.simulate import RandomEviction, miss_ratios, replay
-    from cachelab.workload.measure import key_sampler
-    from cachelab.workload.redis_info import counter_delta, keyspace_counters
-
     try:
         chosen = parse_policies(policies)
     except ValueError as exc:
@@ -215,12 +215,12 @@ def run(
     if missing:
         raise UsageError(f"--policies must include {', '.join(missing)}: the checks compare "
                          f"{', '.join(REQUIRED)}")
-    result = Result()
+    result = Result(INFO)
     maxmemory = int(maxmemory_mb * 1024 * 1024)
     value = "x" * value_bytes
 
     # 1. How many keys fit, measured: maxmemory also pays for metadata and buffers.
-    calibration = lab.redis_server("calibrate", maxmemory=str(maxmemory),
+    calibration = lab.own_redis_server("calibrate", maxmemory=str(maxmemory),
                                    maxmemory_policy="allkeys-lru")
     with calibration.client() as client:
         capacity = measure_capacity(client, value, ttl_s=COLD_TTL_S[1])
@@ -268,7 +268,7 @@ def run(
     # 3. Sampled LRU against exact LRU: the same seeded names for both sample sizes.
     trials: dict[int, list[SamplingTrial]] = {}
     for samples in (5, 10):
-        server = lab.redis_server(f"samples-{samples}")
+        server = lab.own_redis_server(f"samples-{samples}")
         with server.client(decode_responses=False) as client:
             trials[samples] = [lru_sampling_trial(client, samples=samples,
                                                   keys=sampling_keys, value_bytes=value_bytes,

@@ -14,13 +14,6 @@ message to the subscriber's wall clock right after it dropped the entry
 when every other service has dropped it (at most ``--window-s``); reads come after it.
 Then one service disconnects for real (it closes its connection to the bus) while
 the others keep writing, reconnects, and is read again.
-
-Metrics: services, keys, updates, updates_while_disconnected, reads_checked,
-propagation_p50_ms, propagation_p99_ms, stream_propagation_p50_ms,
-tracking_propagation_p50_ms, stale_reads_with_bus, stale_reads_without_bus,
-missed_invalidations_pubsub, missed_invalidations_stream, missed_invalidations_tracking,
-stale_reads_after_reconnect_pubsub, stale_reads_after_reconnect_stream,
-stale_reads_tracking, tracking_flushed_entries.
 """
 
 from __future__ import annotations
@@ -90,6 +83,14 @@ INFO = ExerciseInfo(
         "client-side tracking serves no stale data, reconnect included",
         "every disconnect was real: the connection left Redis and came back",
     ),
+    metrics=(
+        "services", "keys", "updates", "updates_while_disconnected", "reads_checked",
+        "propagation_p50_ms", "propagation_p99_ms", "stream_propagation_p50_ms",
+        "tracking_propagation_p50_ms", "stale_reads_with_bus", "stale_reads_without_bus",
+        "missed_invalidations_pubsub", "missed_invalidations_stream",
+        "missed_invalidations_tracking", "stale_reads_after_reconnect_pubsub",
+        "stale_reads_after_reconnect_stream", "stale_reads_tracking", "tracking_flushed_entries",
+    ),
     headline="stale_reads_without_bus",
 )
 
@@ -132,7 +133,8 @@ class BusOutcome:
 class Driver:
     """The lab's side: sends updates and reads to the services and checks them with Redis.
 
-    ``prefix`` starts every key and connection name (the server's; "" on its own server).
+    ``prefix`` (the server's ``keys.prefix``, as the services get it) starts every key and
+    connection name.
     """
 
     def __init__(self, client: redis.Redis, fleet: list[ServiceProcess], window_s: float,
@@ -271,7 +273,7 @@ def start_fleet(lab: Lab, client: redis.Redis, server: RedisNode, services: int
     for i in range(1, services + 1):
         service = ServiceProcess(client, name=f"svc-{i}", redis_port=server.port,
                                  log_path=lab.workdir / f"svc-{i}.log",
-                                 key_prefix=server.prefix, env=server.child_env())
+                                 key_prefix=server.keys.prefix, env=server.child_env())
         lab.callback(service.stop)
         fleet.append(service.launch())
     lab.callback(lambda: stop_all(fleet))  # runs before the callbacks above
@@ -295,7 +297,7 @@ def run(
     window_s: Annotated[float, Opt("Longest propagation window: how long an update may take "
                                    "to reach every service.", min=0.1, max=30)] = 2.0,
 ) -> Result:
-    result = Result()
+    result = Result(INFO)
     server = lab.redis_server()
     client = lab.closing(server.client())
     db = lab.shop()
@@ -305,11 +307,11 @@ def run(
     pipe = client.pipeline(transaction=False)
     for bus in BUSES:
         for profile in profiles:
-            pipe.set(data_key(bus, profile["id"], server.prefix), json.dumps(profile))
+            pipe.set(data_key(bus, profile["id"], server.keys.prefix), json.dumps(profile))
     pipe.execute()
 
     fleet = start_fleet(lab, client, server, services)
-    driver = Driver(client, fleet, window_s, server.prefix)
+    driver = Driver(client, fleet, window_s, server.keys.prefix)
     steps, away_steps = seeded_steps(lab, n_keys, services, updates, disconnected_updates,
                                      reads_per_update)
     runs = {bus: play(lab, driver, bus, steps, away_steps, n_keys) for bus in BUSES}
@@ -398,9 +400,9 @@ def run(
     result.note("Tracking here uses RESP2 with REDIRECT to a subscribed connection. With RESP3 "
                 "(redis-py protocol=3) invalidations arrive as push messages on the data "
                 "connection itself, and a broken redirect is reported as tracking-redir-broken.")
-    if lab.existing is not None:
+    if lab.shared:
         result.note(f"On this shared Redis every key, channel, stream and connection name "
-                    f"starts with {server.prefix!r}, except {TRACKING_CHANNEL}, the channel "
+                    f"starts with {server.keys.prefix!r}, except {TRACKING_CHANNEL}, the channel "
                     "Redis sends a redirect connection its invalidations on. Other clients' "
                     "traffic adds to the propagation times.")
     return result

@@ -8,12 +8,6 @@ run side by side on the same stream: table-level (any change to a table drops ev
 entry that reads it) and row-level (a change drops only the entries whose city, date
 range or categories it can touch). Every drop is judged by comparing what was cached
 with a fresh query: an equal result means the drop was unnecessary.
-
-Metrics: dependent_tables, entries, reads, writes, changes, unrelated_changes,
-invalidations, invalidations_table_level, invalidations_row_level,
-over_invalidations_table_level, over_invalidations_row_level, stale_reads,
-stale_reads_without_dependencies, hit_ratio_table_level, hit_ratio_row_level,
-db_executions_table_level, db_executions_row_level.
 """
 
 from __future__ import annotations
@@ -23,6 +17,16 @@ from collections import Counter
 from datetime import date, timedelta
 from typing import TYPE_CHECKING, Annotated, Any
 
+from cachelab.caching import QueryCache
+from cachelab.caching.dependencies import (
+    Change,
+    ChangeNotifier,
+    DependencyIndex,
+    DependentQueryCache,
+    install_change_capture,
+    table_rule,
+    table_tags,
+)
 from cachelab.exercise import ExerciseInfo, Opt, Result
 from cachelab.shop.database import (
     CATEGORIES,
@@ -37,7 +41,6 @@ from cachelab.workload.measure import key_sampler
 if TYPE_CHECKING:
     import random
 
-    from cachelab.caching.dependencies import Change
     from cachelab.lab import Lab
     from cachelab.shop.database import ShopDatabase
 
@@ -77,6 +80,13 @@ INFO = ExerciseInfo(
         "zero stale reads",
         "without dependencies the same reads go stale",
         "row-level dependencies drop fewer entries for nothing",
+    ),
+    metrics=(
+        "dependent_tables", "entries", "reads", "writes", "changes", "unrelated_changes",
+        "invalidations", "invalidations_table_level", "invalidations_row_level",
+        "over_invalidations_table_level", "over_invalidations_row_level", "stale_reads",
+        "stale_reads_without_dependencies", "hit_ratio_table_level", "hit_ratio_row_level",
+        "db_executions_table_level", "db_executions_row_level",
     ),
     headline="over_invalidations_table_level",
 )
@@ -225,37 +235,26 @@ def run(
                                          max=96)] = 8,
     ttl_s: Annotated[float, Opt("TTL of a cached report, in seconds.", min=10)] = 600.0,
 ) -> Result:
-    from cachelab.caching import QueryCache
-    from cachelab.caching.dependencies import (
-        ChangeNotifier,
-        DependencyIndex,
-        DependentQueryCache,
-        install_change_capture,
-        table_rule,
-        table_tags,
-    )
-
-    result = Result()
+    result = Result(INFO)
     server = lab.redis_server()
     client = lab.closing(server.client())
-    prefix = server.prefix  # "" on a server the lab starts; the run's on a deployment
     db = lab.shop()
     install_change_capture(db.path, DEPENDENT_TABLES + UNRELATED_TABLES, CONTEXT)
 
-    indexes = {"table": DependencyIndex(client, prefix=f"{prefix}deps-table"),
-               "row": DependencyIndex(client, prefix=f"{prefix}deps-row")}
+    indexes = {"table": DependencyIndex(client, prefix=server.keys("deps-table")),
+               "row": DependencyIndex(client, prefix=server.keys("deps-row"))}
     caches = {
         "table": DependentQueryCache(client, db.query, index=indexes["table"],
                                      tags=lambda p, rows: table_tags(DEPENDENT_TABLES),
-                                     ttl_s=ttl_s, namespace=f"{prefix}report-table"),
+                                     ttl_s=ttl_s, namespace=server.keys("report-table")),
         "row": DependentQueryCache(client, db.query, index=indexes["row"], tags=report_tags,
-                                   ttl_s=ttl_s, namespace=f"{prefix}report-row"),
+                                   ttl_s=ttl_s, namespace=server.keys("report-row")),
         "none": QueryCache(client, db.query, ttl_s=ttl_s,
-                           namespace=f"{prefix}report-none"),
+                           namespace=server.keys("report-none")),
     }
     notifier = ChangeNotifier(db.path, client, {"table": (indexes["table"], table_rule),
                                                 "row": (indexes["row"], report_rule)},
-                              cursor_key=f"{prefix}deps:changes:last_id")
+                              cursor_key=server.keys("deps:changes:last_id"))
     lab.callback(notifier.close)
     notifier.skip_to_end()
 
@@ -419,8 +418,8 @@ def run(
                 f"({db.describe_latency()}).")
     result.note("Try --write-ratio 0.6 for a write-heavy shop, or --distinct-queries 48 to "
                 "put several entries in each city.")
-    if lab.existing is not None:
-        result.note(f"On this existing deployment the entries, their dependency sets and the "
-                    f"notifier's cursor are under {prefix}; every count above is this run's "
-                    "own, so it matches a local run with the same seed.")
+    if lab.shared:
+        result.note("On this existing deployment the entries, their dependency sets and the "
+                    f"notifier's cursor are under {server.keys.prefix}; every count above is "
+                    "this run's own, so it matches a local run with the same seed.")
     return result

@@ -6,14 +6,6 @@ sales-report requests is played against each by an async load driver at a fixed
 concurrency, for several trials: throughput, latency percentiles from HDR histograms
 (warm-up excluded), errors, the server's own database queries and cache hits, and the
 CPU of the server process, side by side.
-
-Metrics: concurrency, requests, trials, processes, rps_no_cache, rps_cache, speedup_rps,
-rps_spread_no_cache, rps_spread_cache, p50_ms_no_cache, p50_ms_cache, p95_ms_no_cache,
-p95_ms_cache, p99_ms_no_cache, p99_ms_cache, max_ms_no_cache, max_ms_cache,
-db_qps_no_cache, db_qps_cache, db_queries_per_request_no_cache,
-db_queries_per_request_cache, hit_ratio, p50_ms_hit, p50_ms_miss,
-cpu_ms_per_request_no_cache, cpu_ms_per_request_cache, cpu_pct_no_cache, cpu_pct_cache,
-errors.
 """
 
 from __future__ import annotations
@@ -22,8 +14,11 @@ import statistics
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any, Literal
+from urllib.parse import urlencode
 
+from cachelab.errors import UsageError
 from cachelab.exercise import ExerciseInfo, Opt, Result
+from cachelab.shop.database import report_parameter_sets
 from cachelab.workload.measure import LATENCY_COLUMNS, latency_row, ratio
 
 if TYPE_CHECKING:
@@ -67,6 +62,15 @@ INFO = ExerciseInfo(
         "caching cuts database queries at least in proportion to the hit ratio",
         "caching raises throughput",
         "caching lowers p50 latency",
+    ),
+    metrics=(
+        "concurrency", "requests", "trials", "processes", "rps_no_cache", "rps_cache",
+        "speedup_rps", "rps_spread_no_cache", "rps_spread_cache", "p50_ms_no_cache", "p50_ms_cache",
+        "p95_ms_no_cache", "p95_ms_cache", "p99_ms_no_cache", "p99_ms_cache", "max_ms_no_cache",
+        "max_ms_cache", "db_qps_no_cache", "db_qps_cache", "db_queries_per_request_no_cache",
+        "db_queries_per_request_cache", "hit_ratio", "p50_ms_hit", "p50_ms_miss",
+        "cpu_ms_per_request_no_cache", "cpu_ms_per_request_cache", "cpu_pct_no_cache",
+        "cpu_pct_cache", "errors",
     ),
     headline="speedup_rps",
 )
@@ -184,9 +188,6 @@ def start_apis(lab: Lab, db: ShopDatabase,
 def plan_for(lab: Lab, db: ShopDatabase, count: int, *, distribution: Literal["zipf", "uniform"],
              zipf_s: float, report_share: float) -> list[str]:
     """Profiles and products in equal parts, plus ``report_share`` of sales reports."""
-    from urllib.parse import urlencode
-
-    from cachelab.shop.database import report_parameter_sets
     from cachelab.workload.loadgen import Resource, request_plan
 
     lookups = (1 - report_share) / 2
@@ -246,13 +247,12 @@ def run(
     processes: Annotated[int, Opt("Load driver processes sharing the connections.",
                                   min=1, max=64)] = 1,
 ) -> Result:
-    from cachelab.errors import UsageError
     from cachelab.workload.loadgen import LoadSpec
 
     if processes > concurrency:
         raise UsageError(f"--processes {processes} is more than --concurrency {concurrency}: "
                          "each driver process needs at least one connection")
-    result = Result()
+    result = Result(INFO)
     db = lab.shop()
     none_redis, cache_redis = lab.redis_server("api-none-redis"), lab.redis_server("api-lazy-redis")
     # Both servers read one database file; each runs in its own process, so its CPU
@@ -351,7 +351,7 @@ def run(
                 f"Warm-up: the first {warmup} requests of each run, left out of every figure. "
                 "Server CPU is the server process's user + system time over the measured "
                 "phase (psutil).")
-    if lab.existing is not None:
+    if lab.shared:
         result.note("The cached server's Redis is the existing deployment: its network round "
                     "trip and its other clients' load are in every cached answer. Every "
                     "figure here is the API's own count or the driver's timing, none a "

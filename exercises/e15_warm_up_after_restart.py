@@ -6,11 +6,6 @@ counted in a sorted set on a separate stats Redis, which the restart does not to
 After a real restart (a new process, on a new port) the top K profiles are loaded
 before the workload resumes. The same post-restart stream is played on a cold cache,
 a warmed one, and one restored from an RDB snapshot, window by window.
-
-Metrics: top_k, topk_overlap, lfu_topk_overlap, warmed_keys, warmup_s, warmup_db_reads,
-cold_hit_ratio_first_window, warm_hit_ratio_first_window, rdb_hit_ratio_first_window,
-cold_hit_ratio, warm_hit_ratio, rdb_hit_ratio, db_reads_cold, db_reads_warm,
-db_reads_rdb, snapshot_keys, rdb_keys_restored, plain_restart_s, rdb_restart_s.
 """
 
 from __future__ import annotations
@@ -66,6 +61,12 @@ INFO = ExerciseInfo(
         "the cache is empty after the plain restart",
         "the warmed start's first-window hit ratio beats the cold start's",
         "the RDB restart keeps the keys",
+    ),
+    metrics=(
+        "top_k", "topk_overlap", "lfu_topk_overlap", "warmed_keys", "warmup_s", "warmup_db_reads",
+        "cold_hit_ratio_first_window", "warm_hit_ratio_first_window", "rdb_hit_ratio_first_window",
+        "cold_hit_ratio", "warm_hit_ratio", "rdb_hit_ratio", "db_reads_cold", "db_reads_warm",
+        "db_reads_rdb", "snapshot_keys", "rdb_keys_restored", "plain_restart_s", "rdb_restart_s",
     ),
     headline="warm_hit_ratio_first_window",
     own_servers="restarts its Redis server",
@@ -194,10 +195,10 @@ def run(
     flush_every: Annotated[int, Opt("Reads counted in memory per ZINCRBY round trip.",
                                     min=1, max=10000)] = 100,
 ) -> Result:
-    result = Result()
+    result = Result(INFO)
     stats = lab.redis("stats")
     # LFU policy only so that OBJECT FREQ answers; with no maxmemory nothing is evicted.
-    server = lab.redis_server("cache", maxmemory_policy="allkeys-lfu", dbfilename="dump.rdb")
+    server = lab.own_redis_server("cache", maxmemory_policy="allkeys-lfu", dbfilename="dump.rdb")
     cache = Restarter(lab, server)
     db = lab.shop()
     top_k = min(top_k, db.size.users)

@@ -10,39 +10,45 @@ the application's router. Last, a Redis Cluster of N masters gets a new node and
 ``redis-cli --cluster reshard`` does, while a workload reads and writes through
 redis-py's cluster client. After each move every node is scanned and compared with
 every key and value that must be there.
-
-Metrics: shards_before, shards_after, keys, moved_fraction_modulo,
-expected_fraction_modulo, moved_fraction_ring, expected_fraction_ring,
-ring_moved_between_old_shards, keys_migrated, newer_on_new_shard, fallback_reads,
-migration_ops, migration_s, keys_lost_standalone, keys_lost_cluster, keys_lost,
-cluster_keys, cluster_slots_moved, cluster_keys_moved, new_node_keys, reshard_s,
-reshard_ops, ask_redirects, workload_errors, wrong_reads.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, cast
 
+from cachelab.caching.resharding import (
+    CLUSTER_SLOTS,
+    Audit,
+    ClusterNode,
+    LiveTraffic,
+    MigratingRouter,
+    MigrationReport,
+    Movement,
+    ReshardReport,
+    SlotMigration,
+    TrafficCounts,
+    audit,
+    expected_moved_fraction,
+    load,
+    migrate_moved,
+    modulo_owner,
+    movement,
+    plan_reshard,
+    read_all,
+    slot_owners,
+)
+from cachelab.caching.sharding import ShardRing, key_slot
 from cachelab.exercise import ExerciseInfo, Opt, Result
+from cachelab.workload.poll import poll_until
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     import redis
 
-    from cachelab.caching.resharding import (
-        Audit,
-        ClusterNode,
-        LiveTraffic,
-        MigratingRouter,
-        MigrationReport,
-        Movement,
-        ReshardReport,
-        TrafficCounts,
-    )
-    from cachelab.caching.sharding import ShardRing
     from cachelab.lab import Lab
     from cachelab.servers.node import RedisNode
     from cachelab.servers.redis_server import RedisServer
@@ -89,6 +95,14 @@ INFO = ExerciseInfo(
         "the new node owns slots and keys",
         "no key lost after the cluster reshard",
         "the workload read and wrote through the reshard, no wrong value, errors counted",
+    ),
+    metrics=(
+        "shards_before", "shards_after", "keys", "moved_fraction_modulo",
+        "expected_fraction_modulo", "moved_fraction_ring", "expected_fraction_ring",
+        "ring_moved_between_old_shards", "keys_migrated", "newer_on_new_shard", "fallback_reads",
+        "migration_ops", "migration_s", "keys_lost_standalone", "keys_lost_cluster", "keys_lost",
+        "cluster_keys", "cluster_slots_moved", "cluster_keys_moved", "new_node_keys", "reshard_s",
+        "reshard_ops", "ask_redirects", "workload_errors", "wrong_reads",
     ),
     headline="moved_fraction_ring",
     own_servers="adds a shard to servers and a cluster it starts",
@@ -174,15 +188,6 @@ def _standalone(lab: Lab, names: list[str], ring_before: ShardRing, ring_after: 
                 moves: Movement, values: dict[str, str], *, rate: float, write_ratio: float,
                 batch: int) -> Standalone:
     """Load N shards by the old ring, add one, and migrate the moved keys under traffic."""
-    from cachelab.caching.resharding import (
-        LiveTraffic,
-        MigratingRouter,
-        audit,
-        load,
-        migrate_moved,
-        read_all,
-    )
-
     old, new = names[:-1], names[-1]
     servers = [lab.redis_server(name) for name in old]
     clients = _clients(lab, servers)
@@ -218,7 +223,6 @@ def _standalone(lab: Lab, names: list[str], ring_before: ShardRing, ring_after: 
 def _cluster_nodes(lab: Lab, masters: list[RedisServer]
                    ) -> tuple[list[ClusterNode], dict[str, str]]:
     """The masters as the resharding sees them, and each one's server name by node id."""
-    from cachelab.caching.resharding import ClusterNode
     from cachelab.workload.redis_info import node_id
 
     clients = _clients(lab, masters)
@@ -230,17 +234,6 @@ def _reshard(lab: Lab, cluster: Cluster, added: RedisServer, values: dict[str, s
              rate: float, write_ratio: float, batch: int, slots_per_step: int,
              shards_after: int) -> Resharded:
     """Reshard an even share of the slots to ``added`` while a workload runs."""
-    from cachelab.caching.resharding import (
-        CLUSTER_SLOTS,
-        LiveTraffic,
-        SlotMigration,
-        audit,
-        plan_reshard,
-        read_all,
-        slot_owners,
-    )
-    from cachelab.caching.sharding import key_slot
-    from cachelab.workload.poll import poll_until
     from cachelab.workload.redis_info import info_cluster
 
     # Known to all is not enough: until it has learnt the slot map (and its start-up
@@ -257,8 +250,10 @@ def _reshard(lab: Lab, cluster: Cluster, added: RedisServer, values: dict[str, s
     asking_before = _asking_calls(added)
 
     client = lab.closing(cluster.client())
+    # The client decodes its replies, so a GET answers a str or None.
+    get = cast(Callable[[str], "str | None"], client.get)
     workload = lab.enter_context(LiveTraffic(
-        client.get, client.set, values, rng=lab.rng("cluster workload"),
+        get, client.set, values, rng=lab.rng("cluster workload"),
         write_ratio=write_ratio, rate_per_s=rate))
     workload.wait_for(PHASE_OPS)
     migration = SlotMigration(nodes, target, plan, slots_per_step=slots_per_step,
@@ -323,17 +318,7 @@ def run(
                                        "(redis-cli moves one at a time).",
                                        min=1, max=16384)] = 128,
 ) -> Result:
-    from cachelab.caching.resharding import (
-        CLUSTER_SLOTS,
-        expected_moved_fraction,
-        load,
-        modulo_owner,
-        movement,
-        slot_owners,
-    )
-    from cachelab.caching.sharding import ShardRing, key_slot
-
-    result = Result()
+    result = Result(INFO)
     n = shards
     names = [f"shard-{i}" for i in range(1, n + 2)]
     new_name = names[-1]

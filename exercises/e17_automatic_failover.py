@@ -7,12 +7,6 @@ Sentinel saw it down and when the client's writes succeed again on the promoted 
 then reads the new primary back and counts the acknowledged writes that did not survive.
 The same happens with ``WAIT`` after every write, and with a hand-made health check
 (PING with a timeout, promote the most up-to-date replica) in place of Sentinel.
-
-Metrics: down_after_ms, detection_s, sdown_s, switch_master_s, failover_s, write_errors,
-acked_writes, lost_acked_writes, detection_s_wait, failover_s_wait, write_errors_wait,
-acked_writes_wait, unconfirmed_writes_wait, lost_acked_writes_wait,
-detection_s_healthcheck, failover_s_healthcheck, write_errors_healthcheck,
-acked_writes_healthcheck, lost_acked_writes_healthcheck.
 """
 
 from __future__ import annotations
@@ -22,6 +16,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any
 
+from cachelab.errors import ServerStartError
 from cachelab.exercise import ExerciseInfo, Opt, Result
 
 if TYPE_CHECKING:
@@ -63,6 +58,13 @@ INFO = ExerciseInfo(
         "failover completes within down_after_ms plus 5 seconds",
         "lost acknowledged writes are counted, and zero with WAIT",
         "the health check promotes the most up-to-date replica and repoints the other",
+    ),
+    metrics=(
+        "down_after_ms", "detection_s", "sdown_s", "switch_master_s", "failover_s", "write_errors",
+        "acked_writes", "lost_acked_writes", "detection_s_wait", "failover_s_wait",
+        "write_errors_wait", "acked_writes_wait", "unconfirmed_writes_wait",
+        "lost_acked_writes_wait", "detection_s_healthcheck", "failover_s_healthcheck",
+        "write_errors_healthcheck", "acked_writes_healthcheck", "lost_acked_writes_healthcheck",
     ),
     headline="failover_s",
     own_servers="kills the primary of a Sentinel group it starts",
@@ -162,8 +164,6 @@ def _replica_set(lab: Lab, replicas: int, name: str) -> ReplicaSet:
     a second later, and a kill in between would find it empty. A write that WAIT
     confirms on every replica proves the streams flow (the key is deleted again).
     """
-    from cachelab.errors import ServerStartError
-
     replica_set = lab.replica_set(replicas=replicas, name=name)
     with replica_set.primary.client(socket_timeout=15) as client:
         client.set("failover:ready", 1)
@@ -358,7 +358,7 @@ def run(
     hc_failures: Annotated[int, Opt("Health check: failed PINGs in a row that trigger "
                                     "the failover.", min=1, max=50)] = 3,
 ) -> Result:
-    result = Result()
+    result = Result(INFO)
     common: dict[str, Any] = {"max_rate": max_rate, "before_kill_s": before_kill_s,
                               "after_s": after_failover_s}
     plain = sentinel_failover(lab, "sentinel-async", down_after_ms=down_after_ms,

@@ -12,13 +12,6 @@ everything, repairs, and scans again.
 The second part reproduces cache-aside's stale-set race deterministically and compares
 three fixes: memcache-style leases, a versioned compare-and-set, and a delayed second
 delete.
-
-Metrics: keys, sampled, injected, covered_by_sample, found_in_sample, detected,
-false_positives, repaired, remaining_after_repair, estimated_rate, ci_low, ci_high,
-true_rate, stale_found, orphans_found, missing_found, race_trials, race_window_ms,
-stale_after_race_naive, stale_after_race_lease, stale_after_race_versioned,
-stale_after_race_double_delete, stale_after_race_double_delete_short,
-double_delete_delay_ms, double_delete_short_delay_ms.
 """
 
 from __future__ import annotations
@@ -80,6 +73,15 @@ INFO = ExerciseInfo(
         "leases leave no stale entries",
         "versioned sets leave no stale entries",
         "the delayed second delete clears every stale set that landed before it",
+    ),
+    metrics=(
+        "keys", "sampled", "injected", "covered_by_sample", "found_in_sample", "detected",
+        "false_positives", "repaired", "remaining_after_repair", "estimated_rate", "ci_low",
+        "ci_high", "true_rate", "stale_found", "orphans_found", "missing_found", "race_trials",
+        "race_window_ms", "stale_after_race_naive", "stale_after_race_lease",
+        "stale_after_race_versioned", "stale_after_race_double_delete",
+        "stale_after_race_double_delete_short", "double_delete_delay_ms",
+        "double_delete_short_delay_ms",
     ),
     headline="estimated_rate",
 )
@@ -263,17 +265,16 @@ def run(
                                                  min=0, max=5000)] = 60.0,
     ttl_s: Annotated[float, Opt("TTL of a cached profile, in seconds.", min=1)] = 600.0,
 ) -> Result:
-    result = Result()
+    result = Result(INFO)
     server = lab.redis_server()
     cache = lab.closing(server.client())
-    prefix = server.prefix  # "" on a server the lab starts; the run's on a deployment
     db = lab.shop()
     keys = min(keys, db.size.users)
     sample_size = min(sample_size, keys)
 
     # Part 1: fill, break at a known rate, then let the checker find it on its own.
-    checker = ConsistencyChecker(cache, namespace=f"{prefix}profile",
-                                 registry=f"{prefix}index:profile",
+    checker = ConsistencyChecker(cache, namespace=server.keys("profile"),
+                                 registry=server.keys("index:profile"),
                                  load_many=profile_loader(db), ttl_s=ttl_s)
     ids = list(range(1, keys + 1))
     checker.store(profile_loader(db)(ids))
@@ -302,14 +303,14 @@ def run(
     existing = [row["id"] for row in db.rows("SELECT id FROM users ORDER BY id")]
     race_rng = lab.rng("race")
     strategies: list[tuple[str, NaiveCache]] = [
-        ("naive", NaiveCache(cache, namespace=f"{prefix}race-naive", ttl_s=ttl_s)),
-        ("lease", LeaseCache(cache, namespace=f"{prefix}race-lease", ttl_s=ttl_s)),
-        ("versioned", VersionedCache(cache, namespace=f"{prefix}race-versioned", ttl_s=ttl_s)),
+        ("naive", NaiveCache(cache, namespace=server.keys("race-naive"), ttl_s=ttl_s)),
+        ("lease", LeaseCache(cache, namespace=server.keys("race-lease"), ttl_s=ttl_s)),
+        ("versioned", VersionedCache(cache, namespace=server.keys("race-versioned"), ttl_s=ttl_s)),
         (f"double delete ({double_delete_delay_ms:g} ms)",
-         DoubleDeleteCache(cache, namespace=f"{prefix}race-dd", ttl_s=ttl_s,
+         DoubleDeleteCache(cache, namespace=server.keys("race-dd"), ttl_s=ttl_s,
                            delay_s=double_delete_delay_ms / 1000)),
         (f"double delete ({short_delay_ms:g} ms)",
-         DoubleDeleteCache(cache, namespace=f"{prefix}race-dd-short", ttl_s=ttl_s,
+         DoubleDeleteCache(cache, namespace=server.keys("race-dd-short"), ttl_s=ttl_s,
                            delay_s=short_delay_ms / 1000)),
     ]
     races = [run_race(lab, db, strategy, race_rng.sample(existing, min(race_trials,
@@ -423,9 +424,10 @@ def run(
                 "Leases and versioned sets refuse the old value outright.")
     result.note("In a live system, a checker's own refresh has the same race: re-read a "
                 "flagged entry before repairing it, or repair with a versioned set.")
-    if lab.existing is not None:
-        result.note(f"On this existing deployment the profiles are {prefix}profile:<id>, "
-                    f"listed in {prefix}index:profile. The full scan's SCAN MATCH "
-                    f"{prefix}profile:* still walks the whole shared keyspace, so it takes "
-                    "longer than locally, but it sees this run's keys only.")
+    if lab.shared:
+        result.note("On this existing deployment the profiles are "
+                    f"{server.keys('profile')}:<id>, listed in {server.keys('index:profile')}. "
+                    f"The full scan's SCAN MATCH {server.keys.pattern('profile:*')} still walks "
+                    "the whole shared keyspace, so it takes longer than locally, but it sees "
+                    "this run's keys only.")
     return result

@@ -11,30 +11,34 @@ In any stretch of time ``s`` the token bucket admits at most ``capacity + rate *
 window_s`` (what it held plus what dripped in): with capacity and rate adding up to the
 limit, no window of ``window_s`` ever holds more than ``limit``. The run checks that
 bound for every stretch between two admissions, and the limit in every window.
-
-Metrics: limit, window_s, clients, requests, allowed_fixed, denied_fixed,
-max_in_any_window_fixed, allowed_sliding_log, denied_sliding_log,
-max_in_any_window_sliding_log, allowed_sliding_counter, denied_sliding_counter,
-max_in_any_window_sliding_counter, allowed_token_bucket, denied_token_bucket,
-max_in_any_window_token_bucket, keys_without_ttl, ttl_samples, burst_attempts,
-http_requests, http_allowed, http_denied.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
+from cachelab.caching.rate_limit import (
+    ALGORITHMS,
+    Decision,
+    Limiter,
+    LimitSpec,
+    TokenBucketLimiter,
+    max_in_any_window,
+)
 from cachelab.exercise import ExerciseInfo, Opt, Result
+from cachelab.shop.database import ShopDatabase, build_shop
+from cachelab.shop.middleware import DECIDED_HEADER
+from cachelab.workload.keyspace import Keyspace
 
 if TYPE_CHECKING:
     import redis
 
-    from cachelab.caching.rate_limit import Decision, Limiter
     from cachelab.lab import Lab
 
 INFO = ExerciseInfo(
@@ -73,11 +77,19 @@ INFO = ExerciseInfo(
         "over-limit answers are 429 with Retry-After and RateLimit headers",
         "no limiter key is ever left without an expiry",
     ),
+    metrics=(
+        "limit", "window_s", "clients", "requests", "allowed_fixed", "denied_fixed",
+        "max_in_any_window_fixed", "allowed_sliding_log", "denied_sliding_log",
+        "max_in_any_window_sliding_log", "allowed_sliding_counter", "denied_sliding_counter",
+        "max_in_any_window_sliding_counter", "allowed_token_bucket", "denied_token_bucket",
+        "max_in_any_window_token_bucket", "keys_without_ttl", "ttl_samples", "burst_attempts",
+        "http_requests", "http_allowed", "http_denied",
+    ),
     headline="max_in_any_window_fixed",
 )
 
-PREFIX = "ratelimit"  # the direct limiters' (after the server's prefix); the API's own
-# live under ratelimit:api
+PREFIX = "ratelimit"  # the direct limiters', named by the server: server.keys(PREFIX); the
+# API's own live under ratelimit:api
 PLACEMENT_ATTEMPTS = 5
 
 
@@ -99,15 +111,16 @@ class Burst:
 class TtlSampler:
     """Reads the TTL of every limiter key, as often as it is asked."""
 
-    def __init__(self, client: redis.Redis, prefix: str) -> None:
+    def __init__(self, client: redis.Redis, keys: Keyspace) -> None:
         self.client = client
-        self.prefix = prefix
+        self.prefix = keys(PREFIX)
+        self.match = keys.pattern(f"{PREFIX}:*")
         self.samples = 0
         self.without_ttl: set[str] = set()
         self.seen: set[str] = set()
 
     def sample(self) -> None:
-        keys = list(self.client.scan_iter(match=f"{self.prefix}:*", count=1000))
+        keys = list(self.client.scan_iter(match=self.match, count=1000))
         pipe = self.client.pipeline(transaction=False)
         for key in keys:
             pipe.pttl(key)
@@ -197,20 +210,13 @@ def run(
         Literal["fixed", "sliding_log", "sliding_counter", "token_bucket"],
         Opt("The limiter of the HTTP API.")] = "token_bucket",
 ) -> Result:
-    from cachelab.caching.rate_limit import (
-        ALGORITHMS,
-        LimitSpec,
-        TokenBucketLimiter,
-        max_in_any_window,
-    )
     from cachelab.children import stop_all
     from cachelab.children.rate_limit import HammerProcess, results_key
-    from cachelab.shop.database import ShopDatabase, build_shop
     from cachelab.shop.server import ApiServer
     from cachelab.workload.poll import poll_until
     from cachelab.workload.redis_info import redis_clock_us
 
-    result = Result()
+    result = Result(INFO)
     server = lab.redis_server("redis")
     client = lab.closing(server.client())
     # The limit is the subject here, not the data: a small shop starts the API sooner.
@@ -219,8 +225,8 @@ def run(
     db = ShopDatabase(shop_path, latency_ms=lab.settings.db_latency_ms, size=size)
     lab.callback(db.close)
 
-    # The API server puts its limiter's keys under {server.prefix}ratelimit:api itself.
-    prefix, results = f"{server.prefix}{PREFIX}", results_key(server.prefix)
+    # The API server puts its limiter's keys under server.keys("ratelimit:api") itself.
+    prefix, results = server.keys(PREFIX), results_key(server.keys.prefix)
     specs = [LimitSpec(algorithm, limit, window_s) for algorithm in ALGORITHMS]
     limiters = [spec.limiter(client, prefix=prefix) for spec in specs]
     by_name = {lim.algorithm: lim for lim in limiters}
@@ -234,7 +240,7 @@ def run(
     hammers = [HammerProcess(client, name=f"client-{i}", redis_port=server.port, specs=specs,
                              prefix=prefix, identity="hammer", api_url=api.url,
                              log_path=lab.workdir / f"client-{i}.log",
-                             max_seconds=duration_s + 120, key_prefix=server.prefix,
+                             max_seconds=duration_s + 120, key_prefix=server.keys.prefix,
                              env=server.child_env())
                for i in range(1, clients + 1)]
     children = [api, *hammers]
@@ -243,7 +249,7 @@ def run(
         child.launch()
 
     # 1. The burst across a boundary, from this process.
-    sampler = TtlSampler(client, prefix)
+    sampler = TtlSampler(client, server.keys)
     burst = boundary_burst(client, limiters, limit, window_us)
     sampler.sample()
 
@@ -401,7 +407,7 @@ def run(
                 "recorded by different processes line up on one time axis.")
     result.note("Try --api-algorithm fixed, or --clients 8; try --window-s 0.2 for many "
                 "windows in a short run.")
-    if lab.existing is not None:
+    if lab.shared:
         result.note(f"On this shared Redis every limiter key starts with {prefix!r} (the "
                     "API's too), and the TTL samples SCAN for that prefix only. Other "
                     "clients' commands may delay a decision, never split one: each is "
@@ -423,12 +429,9 @@ def _walk_to_429(url: str, limit: int, workers: int = 4) -> tuple[list[Row], Row
     the answers are then put in the order the limiter decided them (its clock, from
     the X-RateLimit-Decided-Us header), up to the first 429.
     """
-    import threading
     from concurrent.futures import ThreadPoolExecutor
 
     import httpx
-
-    from cachelab.shop.middleware import DECIDED_HEADER
 
     def row(n: int | str, answer: httpx.Response) -> Row:
         h = answer.headers

@@ -10,22 +10,27 @@ and no database query. A product update drops its page from Redis, so the next c
 gets the new page with a new ETag. hishel, an RFC 9111 client cache, then checks the
 same headers from the client's side: fresh pages come from its cache, stale ones are
 revalidated.
-
-Metrics: pages, crawl_cold_p50_ms, crawl_cached_p50_ms, crawl_conditional_p50_ms,
-not_modified_ratio_recrawl, db_queries_cold_crawl, db_queries_cached_crawl,
-db_queries_recrawl, changed_pages, db_queries_after_update, fresh_after_update,
-bytes_saved, client_cache_fresh_hits, client_cache_revalidations.
 """
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any
 
+from cachelab.caching.http_cache import (
+    PAGE_NAMESPACE,
+    CachePolicy,
+    http_date,
+    parse_cache_control,
+    parse_http_date,
+    strong_etag,
+)
 from cachelab.errors import UsageError
 from cachelab.exercise import ExerciseInfo, Opt, Result
+from cachelab.workload.keyspace import Keyspace
 from cachelab.workload.measure import LatencyHistogram
 from cachelab.workload.redis_info import command_calls
 
@@ -33,7 +38,6 @@ if TYPE_CHECKING:
     import httpx
     import redis
 
-    from cachelab.caching.http_cache import CachePolicy
     from cachelab.lab import Lab
     from cachelab.shop.database import ShopDatabase
     from cachelab.shop.server import ApiServer
@@ -82,6 +86,12 @@ INFO = ExerciseInfo(
         "conditional requests follow RFC 9110 (If-None-Match before If-Modified-Since)",
         "the RFC 9111 client serves fresh pages from its cache",
         "the RFC 9111 client revalidates stale pages",
+    ),
+    metrics=(
+        "pages", "crawl_cold_p50_ms", "crawl_cached_p50_ms", "crawl_conditional_p50_ms",
+        "not_modified_ratio_recrawl", "db_queries_cold_crawl", "db_queries_cached_crawl",
+        "db_queries_recrawl", "changed_pages", "db_queries_after_update", "fresh_after_update",
+        "bytes_saved", "client_cache_fresh_hits", "client_cache_revalidations",
     ),
     headline="not_modified_ratio_recrawl",
 )
@@ -229,9 +239,7 @@ def run(
 ) -> Result:
     import httpx
 
-    from cachelab.caching.http_cache import CachePolicy
-
-    result = Result()
+    result = Result(INFO)
     policy = CachePolicy(max_age_s=max_age_s, s_maxage_s=s_maxage_s,
                          stale_while_revalidate_s=stale_while_revalidate_s)
     db = lab.shop("api-shop")
@@ -268,14 +276,14 @@ def run(
         # The client cache stores a few pages now; they go stale while the recrawls go on.
         client_cache = ClientCache(lab, api, cache, client_ids, policy)
         client_cache.read_fresh()
-        _check_redis_pages(result, cache, redis_server.prefix, cached)
+        _check_redis_pages(result, cache, redis_server.keys, cached)
         _check_speed(result, cold, cached)
         recrawl = crawler.crawl("conditional recrawl", ids, conditional=True)
         _check_recrawl(result, recrawl, cold, n)
 
         before_update = {i: crawler.held[i] for i in changed_ids}
         _update_products(lab, http, db, changed_ids)
-        _check_invalidation(result, cache, redis_server.prefix, changed_ids, unchanged_ids)
+        _check_invalidation(result, cache, redis_server.keys, changed_ids, unchanged_ids)
         after = crawler.crawl("recrawl after updates", ids, conditional=True)
         fresh = _check_changed(result, after, before_update, db, k)
 
@@ -338,16 +346,15 @@ def run(
                 "why If-None-Match decides when both are sent.")
     result.note(f"Each cold page paid a database round trip ({db.describe_latency()}); try "
                 "--db-latency-ms 0, or --pages 200 --changed 50.")
-    if lab.existing is not None:
-        result.note(f"Redis is the existing deployment: pages live under {redis_server.prefix}"
-                    "api:page:, and the client-cache table's page lookups are the API's own "
-                    "count, since the shared server's HGETALL calls include other clients'.")
+    if lab.shared:
+        result.note("Redis is the existing deployment: pages live under "
+                    f"{redis_server.keys(PAGE_NAMESPACE)}:, and the client-cache table's page "
+                    "lookups are the API's own count, since the shared server's HGETALL calls "
+                    "include other clients'.")
     return result
 
 
 def _check_headers(result: Result, crawl: Crawl, policy: CachePolicy) -> None:
-    from cachelab.caching.http_cache import parse_cache_control, parse_http_date, strong_etag
-
     wanted = parse_cache_control(policy.header())
     good, problems = 0, list[str]()
     for f in crawl.fetches:
@@ -369,10 +376,11 @@ def _check_headers(result: Result, crawl: Crawl, policy: CachePolicy) -> None:
                  + (f"; {'; '.join(problems)}" if problems else ""))
 
 
-def _check_redis_pages(result: Result, cache: redis.Redis, prefix: str, crawl: Crawl) -> None:
+def _check_redis_pages(result: Result, cache: redis.Redis, keys: Keyspace, crawl: Crawl
+                       ) -> None:
     same = 0
     for f in crawl.fetches:
-        key = _page_key(prefix, f.product_id)
+        key = _page_key(keys, f.product_id)
         stored: dict[str, str] = cache.hgetall(key)  # type: ignore[assignment]
         same += (stored.get("html", "").encode() == f.body and stored.get("etag") == f.etag
                  and cache.pttl(key) > 0)
@@ -423,10 +431,10 @@ def _update_products(lab: Lab, http: httpx.Client, db: ShopDatabase,
         reply.raise_for_status()
 
 
-def _check_invalidation(result: Result, cache: redis.Redis, prefix: str,
+def _check_invalidation(result: Result, cache: redis.Redis, keys: Keyspace,
                         changed_ids: Sequence[int], unchanged_ids: Sequence[int]) -> None:
-    gone = sum(not cache.exists(_page_key(prefix, i)) for i in changed_ids)
-    kept = sum(bool(cache.exists(_page_key(prefix, i))) for i in unchanged_ids)
+    gone = sum(not cache.exists(_page_key(keys, i)) for i in changed_ids)
+    kept = sum(bool(cache.exists(_page_key(keys, i))) for i in unchanged_ids)
     result.check("a product update removes exactly its page from Redis",
                  gone == len(changed_ids) and kept == len(unchanged_ids),
                  f"{gone}/{len(changed_ids)} changed pages gone, {kept}/{len(unchanged_ids)} "
@@ -456,8 +464,6 @@ def _check_changed(result: Result, after: Crawl, before: Mapping[int, Fetch], db
 
 def _check_conditionals(result: Result, crawler: Crawler, page: Fetch) -> list[list[Any]]:
     """Send ``page`` each kind of conditional request; returns the table's rows."""
-    from cachelab.caching.http_cache import http_date, parse_http_date
-
     etag, modified = page.etag, page.headers["last-modified"]
     seconds = parse_http_date(modified)
     assert seconds is not None
@@ -504,14 +510,12 @@ class ClientCache:
 
     def __init__(self, lab: Lab, api: ApiServer, cache: redis.Redis, ids: Sequence[int],
                  policy: CachePolicy) -> None:
-        import sqlite3
-
         import hishel
         import httpx
         from hishel.httpx import CacheTransport
 
         self.api, self.cache, self.ids, self.policy = api, cache, list(ids), policy
-        self.shared = lab.existing is not None
+        self.shared = lab.shared
         self.wire: list[WireRecord] = []
         self.rows: list[list[Any]] = []
         storage = hishel.SqliteStorage(connection=sqlite3.connect(":memory:",
@@ -618,8 +622,6 @@ class ClientRead:
 
     @property
     def date(self) -> float:
-        from cachelab.caching.http_cache import parse_http_date
-
         return float(parse_http_date(self.reply.headers["date"]) or 0)
 
     def row(self) -> list[Any]:
@@ -633,12 +635,10 @@ class ClientRead:
         return [self.product_id, self.reply.status_code, how, went, self.lookups, self.queries]
 
 
-def _page_key(prefix: str, product_id: int) -> str:
-    """Where the API's page cache keeps a product's page (the API puts its server's
-    ``prefix`` before every key: "" on the lab's own server)."""
-    from cachelab.caching.http_cache import PAGE_NAMESPACE
-
-    return f"{prefix}{PAGE_NAMESPACE}:{product_id}"
+def _page_key(keys: Keyspace, product_id: int) -> str:
+    """Where the API's page cache keeps a product's page (the API names its keys in its
+    server's keyspace, as the lab does)."""
+    return keys(f"{PAGE_NAMESPACE}:{product_id}")
 
 
 def _product(db: ShopDatabase, product_id: int) -> dict[str, Any]:

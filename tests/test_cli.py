@@ -219,33 +219,40 @@ def test_interrupt_stops_every_server(sig: signal.Signals, code: int, line: str,
 # ---------------------------------------------------------------- run all goes on
 
 
-def _exercise(number: int, run: object) -> Exercise:
+def _info(number: int, checks: tuple[str, ...] = ("c",)) -> ExerciseInfo:
+    return ExerciseInfo(id=f"exercise-{number}", slug=f"fake-{number}", title="Fake",
+                        concept="c", scenario="s", walkthrough=("w",), fixtures=("redis",),
+                        checks=checks, metrics=("keys",), headline="keys")
+
+
+def _exercise(number: int, run: object, checks: tuple[str, ...] = ("c",)) -> Exercise:
     import types
 
     module = types.ModuleType(f"exercises.e{number}_fake", "A stand-in to test the CLI.")
     module.__file__ = f"e{number}_fake.py"
-    module.INFO = ExerciseInfo(  # type: ignore[attr-defined]
-        id=f"exercise-{number}", slug=f"fake-{number}", title="Fake", concept="c",
-        scenario="s", walkthrough=("w",), fixtures=("redis",), checks=("c",), headline="keys")
+    module.INFO = _info(number, checks)  # type: ignore[attr-defined]
     module.run = run  # type: ignore[attr-defined]
     return load_exercise(module)
 
 
 def _server_will_not_start(lab: Lab) -> Result:
     lab.redis(maxmemory_policy="no-such-policy")
-    return Result()
+    return Result(_info(97))
+
+
+ONE_KEY = "the new server holds one key"
 
 
 def _check_fails(lab: Lab) -> Result:
-    result = Result()
+    result = Result(_info(98, (ONE_KEY,)))
     keys = lab.redis().dbsize()
     result.metric("keys", keys)
-    result.check("the new server holds one key", keys == 1, f"it holds {keys}")
+    result.check(ONE_KEY, keys == 1, f"it holds {keys}")
     return result
 
 
 def test_run_all_goes_on_after_failures(monkeypatch: pytest.MonkeyPatch) -> None:
-    lineup = (_exercise(97, _server_will_not_start), _exercise(98, _check_fails),
+    lineup = (_exercise(97, _server_will_not_start), _exercise(98, _check_fails, (ONE_KEY,)),
               exercises()[0])
     monkeypatch.setattr("cachelab.cli.exercises", lambda: lineup)
     result = invoke(["run", "all", "--json"])

@@ -7,7 +7,6 @@ import pytest
 from cachelab.lab import LabSettings
 from cachelab.registry import Exercise, exercises
 from cachelab.runner import run_exercise
-from tests.test_registry import documented_metrics
 
 
 @pytest.mark.parametrize("exercise", exercises(), ids=lambda e: e.info.id)
@@ -16,9 +15,9 @@ def test_exercise_passes_end_to_end(exercise: Exercise) -> None:
     failed = [c for c in record["checks"] if not c["passed"]]
     assert not failed, failed
     assert record["verdict"] == "pass"
-    # The checks it declares are the checks it makes, and its metrics are documented.
+    # Each declared check once, in the order INFO declares them (Result holds the run to
+    # INFO's names, and fails it when one was never recorded).
     assert [c["name"] for c in record["checks"]] == list(exercise.info.checks)
-    assert set(record["metrics"]) == documented_metrics(exercise)
     assert record["environment"]["redis_version"]
     assert record["tables"] and all(t["rows"] for t in record["tables"])
 

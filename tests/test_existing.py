@@ -35,6 +35,7 @@ from cachelab.lab import Lab, LabSettings
 from cachelab.registry import exercises
 from cachelab.servers.ports import claim_port
 from cachelab.servers.redis_binary import find_redis_server
+from cachelab.workload.keyspace import Keyspace
 
 PASSWORD = "Tr0ub4dor&3-not-in-any-output"
 runner = CliRunner()
@@ -206,6 +207,15 @@ def test_mask_hides_the_password_only() -> None:
         parse_target(redis_url="redis://a/x")
 
 
+def test_a_keyspace_matches_its_prefix_literally(lab: Lab) -> None:
+    keys = Keyspace("run[1]*:")
+    client = lab.redis()
+    client.set(keys("user:1"), 1)
+    client.set("run1X:user:2", 1)  # what the prefix read as a glob would match instead
+    assert keys("user:1") == "run[1]*:user:1"
+    assert list(client.scan_iter(keys.pattern("user:*"))) == ["run[1]*:user:1"]
+
+
 def test_the_guard_refuses_what_could_touch_others(deployment: Deployment) -> None:
     target = parse_target(redis_url=deployment.url)
     assert target is not None
@@ -215,7 +225,7 @@ def test_the_guard_refuses_what_could_touch_others(deployment: Deployment) -> No
     with ExistingDeployment(target) as existing:
         part = existing.part("redis")
         client = part.client()
-        key = f"{part.prefix}k"
+        key = part.keys("k")
         client.set(key, 1)
         client.eval("return redis.call('incr', KEYS[1])", 1, key)
         client.pipeline().set(f"{key}2", 2).mget(key, f"{key}2").execute()
@@ -269,8 +279,8 @@ def test_sentinel_resolves_the_master_and_leaves_nothing() -> None:
             server = inner.redis_server()
             assert server.port == replicas.primary.port
             client = inner.closing(server.client())
-            client.set(f"{server.prefix}x", 1)
-            assert primary.get(f"{server.prefix}x") == "1"
+            client.set(server.keys("x"), 1)
+            assert primary.get(server.keys("x")) == "1"
         assert primary.keys("*") == ["user:1"]
         assert inner.environment()["keys_deleted"] == 2  # x and the owner record
 
@@ -283,7 +293,7 @@ def test_cluster_keeps_a_run_in_one_slot_of_one_master() -> None:
         with Lab(settings) as inner:
             server = inner.redis_server()
             client = inner.closing(server.client())
-            keys = [f"{server.prefix}{i}" for i in range(50)]
+            keys = [server.keys(str(i)) for i in range(50)]
             client.mset(dict.fromkeys(keys, 1))  # one slot: a multi-key command works
             slots = {client.execute_command("CLUSTER KEYSLOT", k) for k in keys}
             assert len(slots) == 1

@@ -61,8 +61,9 @@ def test_summary_has_a_row_per_run() -> None:
 
 def test_charts_render_as_bars_and_markdown_tables() -> None:
     from cachelab.exercise import Result
+    from exercises.e01_lazy_caching import INFO
 
-    result = Result()
+    result = Result(INFO)
     result.chart("Hit ratio by memory", "maxmemory", ["1mb", "2mb"],
                  {"lru": [0.25, 0.5], "lfu": [0.3, 0.6]})
     with pytest.raises(ValueError, match="needs 2 values"):

@@ -56,6 +56,7 @@ from cachelab.deployment.target import (
 )
 from cachelab.errors import EnvironmentProblem
 from cachelab.servers.node import RedisNode
+from cachelab.workload.keyspace import Keyspace, glob_escape
 
 
 @dataclass(frozen=True)
@@ -136,13 +137,13 @@ def _at(url: str, host: str, port: int) -> str:
 
 class ExistingRedis(RedisNode):
     """A named part of an existing deployment, in the place of a server the lab would
-    start: its keys live under ``prefix``, and its clients obey the guard. It has no
-    start, stop or kill: cachelab does not own it (exercises that need those start
-    their own servers, and the runner refuses them a deployment)."""
+    start: its keys live under the run's prefix and its name (``keys``), and its clients
+    obey the guard. It has no start, stop or kill: cachelab does not own it (exercises
+    that need those start their own servers, and the runner refuses them a deployment)."""
 
     def __init__(self, deployment: ExistingDeployment, name: str) -> None:
         super().__init__(name, host=deployment.address.host,
-                         prefix=f"{deployment.prefix}{name}:")
+                         keys=Keyspace(f"{deployment.prefix}{name}:"))
         self.deployment = deployment
 
     @property
@@ -161,17 +162,17 @@ class ExistingRedis(RedisNode):
     def client(self, **kwargs: Any) -> redis.Redis:
         kwargs.setdefault("decode_responses", True)
         client: redis.Redis = self.deployment.address.client(
-            self.deployment.guard(self.prefix), **kwargs)
+            self.deployment.guard(self.keys.prefix), **kwargs)
         return client
 
     def clear(self) -> None:
         """Drop this part's keys, and no others (there is no FLUSHALL here)."""
-        self.deployment.delete_keys(self.prefix)
+        self.deployment.delete_keys(self.keys.prefix)
 
     def child_env(self) -> dict[str, str]:
         """How a child process reaches this part: see :func:`client_from_env`."""
         return {CHILD_ENV: json.dumps({"url": self.deployment.address.url,
-                                       "prefix": self.prefix})}
+                                       "prefix": self.keys.prefix})}
 
     def __repr__(self) -> str:
         return f"ExistingRedis({self.name!r}, {self.url})"
@@ -285,10 +286,6 @@ def unlink_under(address: Address, guard: KeyGuard, prefix: str) -> int:
         if batch:
             deleted += int(client.unlink(*batch))
     return deleted
-
-
-def glob_escape(text: str) -> str:
-    return "".join(f"\\{c}" if c in "*?[]\\" else c for c in text)
 
 
 def client_from_env(fallback_url: str | None = None, *, asyncio: bool = False,

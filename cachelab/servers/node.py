@@ -12,24 +12,26 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any
 
+from cachelab.workload.keyspace import Keyspace
+
 if TYPE_CHECKING:
     import redis
 
 
 class RedisNode(ABC):
-    """A name, an address, a key prefix, and clients.
+    """A name, an address, a keyspace, and clients.
 
     Args:
         name: a short name used in messages (and, where the lab starts it, its folder).
         host: the address clients connect to.
-        prefix: what every key of this node's users starts with: nothing on a server the
-            lab owns; a per-run prefix on an existing deployment's part.
+        keys: the names its users give their keys: as written on a server the lab owns;
+            under a per-run prefix on an existing deployment's part.
     """
 
-    def __init__(self, name: str, *, host: str, prefix: str = "") -> None:
+    def __init__(self, name: str, *, host: str, keys: Keyspace | None = None) -> None:
         self.name = name
         self.host = host
-        self.prefix = prefix
+        self.keys = keys or Keyspace()
 
     @property
     @abstractmethod
