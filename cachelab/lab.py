@@ -260,6 +260,22 @@ class Lab:
         self._stack.enter_context(server)  # started here, stopped with the lab
         return server
 
+    def shop_apis(self, shop: ShopDatabase,
+                  servers: Sequence[tuple[Caching, str, RedisNode]]) -> list[ApiServer]:
+        """:meth:`shop_api` for several ``(caching, name, redis_server)`` at once, over one
+        database: each spends a second or two importing its framework, so they start side
+        by side; ready when it returns, stopped when the lab ends."""
+        from cachelab.shop.server import ApiServer
+
+        started = []
+        for caching, name, redis_server in servers:
+            api = ApiServer(redis_server, shop, caching=caching, log_dir=self.workdir, name=name)
+            self.callback(api.stop)  # registered first: stopped even if the launch fails
+            started.append(api.launch())
+        for api in started:
+            api.wait_ready()
+        return started
+
     def redis(self, name: str = "redis", **config: str) -> redis.Redis:
         """A client of a new redis-server, closed when the lab ends."""
         return self.closing(self.redis_server(name, **config).client())

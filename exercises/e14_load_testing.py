@@ -10,24 +10,16 @@ CPU of the server process, side by side.
 
 from __future__ import annotations
 
-import statistics
-from collections import Counter
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Annotated, Any, Literal
-from urllib.parse import urlencode
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from cachelab.errors import UsageError
 from cachelab.exercise import ExerciseInfo, Opt, Result
-from cachelab.shop.database import report_parameter_sets
-from cachelab.workload.measure import LATENCY_COLUMNS, latency_row, ratio
+from cachelab.shop.traffic import shop_request_plan
+from cachelab.workload.measure import ratio
+from cachelab.workload.server_runs import ServerRuns, measure_run, report_side_by_side
 
 if TYPE_CHECKING:
     from cachelab.lab import Lab
-    from cachelab.servers.node import RedisNode
-    from cachelab.shop.app import Caching
-    from cachelab.shop.database import ShopDatabase
-    from cachelab.shop.server import ApiServer
-    from cachelab.workload.loadgen import LatencyHistogram, LoadResult
 
 INFO = ExerciseInfo(
     id="exercise-14",
@@ -75,155 +67,6 @@ INFO = ExerciseInfo(
     headline="speedup_rps",
 )
 
-REPORT_SETS = 48  # distinct (period, city) sales reports the plan asks for
-
-
-@dataclass
-class Run:
-    """One measured run of the plan against one server."""
-
-    load: LoadResult
-    db_queries: int
-    cache_hits: int
-    cache_misses: int
-    cpu_s: float
-
-    @property
-    def rps(self) -> float:
-        return self.load.rps
-
-    def p(self, name: str) -> float:
-        return self.load.latency.summary_ms()[name]
-
-    @property
-    def db_qps(self) -> float:
-        return ratio(self.db_queries, self.load.elapsed_s)
-
-    @property
-    def db_per_request(self) -> float:
-        return ratio(self.db_queries, self.load.responses)
-
-    @property
-    def hit_ratio(self) -> float:
-        return ratio(self.cache_hits, self.cache_hits + self.cache_misses)
-
-    @property
-    def cpu_ms_per_request(self) -> float:
-        return ratio(self.cpu_s * 1000, self.load.responses)
-
-    @property
-    def cpu_pct(self) -> float:
-        return ratio(self.cpu_s * 100, self.load.elapsed_s)
-
-    @property
-    def errors(self) -> int:
-        return self.load.errors + sum(self.load.warmup.errors.values())
-
-
-@dataclass
-class Mode:
-    """One server and its runs, trial by trial."""
-
-    name: str
-    api: ApiServer
-    runs: list[Run] = field(default_factory=list)
-
-    def median(self, value: str) -> float:
-        return float(statistics.median(getattr(r, value) for r in self.runs))
-
-    def p_median(self, name: str) -> float:
-        return float(statistics.median(r.p(name) for r in self.runs))
-
-    def spread(self, value: str, fmt: str = "{:.1f}") -> str:
-        values = [getattr(r, value) for r in self.runs]
-        return f"{fmt.format(min(values))}–{fmt.format(max(values))}"
-
-    def total(self, value: str) -> int:
-        return sum(getattr(r, value) for r in self.runs)
-
-    @property
-    def requests(self) -> int:
-        return sum(r.load.responses for r in self.runs)
-
-    def by_outcome(self) -> dict[str, LatencyHistogram]:
-        """Latencies of each X-Cache value, every trial together."""
-        from cachelab.workload.loadgen import LatencyHistogram
-
-        merged: dict[str, LatencyHistogram] = {}
-        for r in self.runs:
-            for outcome, hist in r.load.latencies.by_outcome.items():
-                merged.setdefault(outcome, LatencyHistogram()).add_encoded(hist.encode())
-        return merged
-
-    def header_counts(self) -> Counter[str]:
-        counts: Counter[str] = Counter()
-        for r in self.runs:
-            counts.update(r.load.outcomes)
-        return counts
-
-    def error_kinds(self) -> Counter[str]:
-        counts: Counter[str] = Counter()
-        for r in self.runs:
-            counts.update(r.load.measured.errors)
-            counts.update(r.load.warmup.errors)
-        return counts
-
-
-def start_apis(lab: Lab, db: ShopDatabase,
-               servers: list[tuple[Caching, str, RedisNode]]) -> list[ApiServer]:
-    """``lab.shop_api`` for several servers at once: each spends a second or two
-    importing its framework, so they start side by side; the lab stops them all."""
-    from cachelab.shop.server import ApiServer
-
-    started = []
-    for caching, name, redis_server in servers:
-        api = ApiServer(redis_server, db, caching=caching, log_dir=lab.workdir, name=name)
-        lab.callback(api.stop)  # registered first: stopped even if the launch fails
-        started.append(api.launch())
-    for api in started:
-        api.wait_ready()
-    return started
-
-
-def plan_for(lab: Lab, db: ShopDatabase, count: int, *, distribution: Literal["zipf", "uniform"],
-             zipf_s: float, report_share: float) -> list[str]:
-    """Profiles and products in equal parts, plus ``report_share`` of sales reports."""
-    from cachelab.workload.loadgen import Resource, request_plan
-
-    lookups = (1 - report_share) / 2
-    resources = [Resource.ids("/users/{}", db.size.users, lookups),
-                 Resource.ids("/products/{}", db.size.products, lookups)]
-    if report_share > 0:
-        reports = tuple("/reports/sales?" + urlencode({"start": s, "end": e, "city": c})
-                        for s, e, c in report_parameter_sets(REPORT_SETS))
-        resources.append(Resource(reports, report_share))
-    resources = [r for r in resources if r.weight > 0]
-    return request_plan(resources, count, rng=lab.rng("workload"),
-                        distribution=distribution, zipf_s=zipf_s)
-
-
-def measure(mode: Mode, plan: list[str], spec: Any) -> Run:
-    """Play ``plan`` against ``mode``'s server, with its counters and CPU read around the
-    measured phase (after the warm-up, with nothing in flight)."""
-    import psutil
-
-    from cachelab.workload.loadgen import HttpTarget, run_load
-
-    server = psutil.Process(mode.api.pid)
-    marks: list[tuple[dict[str, Any], float]] = []
-
-    def mark() -> None:
-        times = server.cpu_times()
-        marks.append((mode.api.stats(), times.user + times.system))
-
-    load = run_load(HttpTarget.from_url(mode.api.url), plan, spec,
-                    before_measure=mark, after_measure=mark)
-    (before, cpu0), (after, cpu1) = marks
-    return Run(load, after["db_queries"] - before["db_queries"],
-               after["cache_hits"] - before["cache_hits"],
-               after["cache_misses"] - before["cache_misses"], cpu1 - cpu0)
-
-
 def run(
     lab: Lab,
     *,
@@ -257,11 +100,12 @@ def run(
     none_redis, cache_redis = lab.redis_server("api-none-redis"), lab.redis_server("api-lazy-redis")
     # Both servers read one database file; each runs in its own process, so its CPU
     # time is its own, and each has its own Redis (the uncached one never reads it).
-    none_api, cache_api = start_apis(lab, db, [("none", "api-none", none_redis),
-                                               ("lazy", "api-lazy", cache_redis)])
-    modes = [Mode("no_cache", none_api), Mode("cache", cache_api)]
-    plan = plan_for(lab, db, warmup + requests, distribution=distribution, zipf_s=zipf_s,
-                    report_share=report_share)
+    none_api, cache_api = lab.shop_apis(db, [("none", "api-none", none_redis),
+                                             ("lazy", "api-lazy", cache_redis)])
+    modes = [ServerRuns("no_cache", none_api), ServerRuns("cache", cache_api)]
+    plan = shop_request_plan(db, warmup + requests, rng=lab.rng("workload"),
+                             distribution=distribution, zipf_s=zipf_s,
+                             report_share=report_share)
     spec = LoadSpec(concurrency=concurrency, requests=requests, warmup=warmup,
                     duration_s=duration_s or None, processes=processes)
 
@@ -271,10 +115,10 @@ def run(
             # Every trial starts cold: the trials are repeats, not a ramp. clear() is
             # FLUSHALL on the lab's own server, only this part's keys on a deployment.
             cache_redis.clear()
-            mode.runs.append(measure(mode, plan, spec))
+            mode.runs.append(measure_run(mode, plan, spec))
 
     none, cached = modes
-    report(result, modes)
+    report_side_by_side(result, modes)
     speedup = ratio(cached.median("rps"), none.median("rps"))
     hits, misses = cached.total("cache_hits"), cached.total("cache_misses")
     hit_ratio = ratio(hits, hits + misses)
@@ -370,42 +214,3 @@ def run(
                 "--concurrency 1 (no queueing), --distribution uniform (a lower hit ratio), "
                 "--db-latency-ms 5, or --processes 2.")
     return result
-
-
-def report(result: Result, modes: list[Mode]) -> None:
-    """The side-by-side table, the per-trial table and a throughput chart."""
-    none, cached = modes
-
-    def row(label: str, value: str, fmt: str = "{:.1f}") -> list[object]:
-        a, b = none.median(value), cached.median(value)
-        return [label, fmt.format(a), none.spread(value, fmt), fmt.format(b),
-                cached.spread(value, fmt), f"{ratio(b, a):.2f}x" if a else "-"]
-
-    def p_row(name: str) -> list[object]:
-        a, b = none.p_median(name), cached.p_median(name)
-        spread = [f"{min(r.p(name) for r in m.runs):.2f}–{max(r.p(name) for r in m.runs):.2f}"
-                  for m in modes]
-        return [f"{name} ms", f"{a:.2f}", spread[0], f"{b:.2f}", spread[1],
-                f"{ratio(b, a):.2f}x"]
-
-    result.table(f"Median of {len(none.runs)} trials, caching off and on",
-                 ["", "no cache", "range", "cache", "range", "cache / no cache"],
-                 [row("throughput, requests/s", "rps", "{:.0f}"),
-                  *(p_row(p) for p in ("p50", "p95", "p99", "max")),
-                  row("errors", "errors", "{:.0f}"),
-                  row("database queries/s", "db_qps", "{:.0f}"),
-                  row("database queries per request", "db_per_request", "{:.3f}"),
-                  row("hit ratio", "hit_ratio", "{:.3f}"),
-                  row("server CPU ms per request", "cpu_ms_per_request", "{:.2f}"),
-                  row("server CPU %", "cpu_pct", "{:.0f}")])
-    result.table("Latency by X-Cache, every trial together", LATENCY_COLUMNS,
-                 [latency_row(f"{m.name}: {outcome}", hist)
-                  for m in modes for outcome, hist in sorted(m.by_outcome().items())])
-    result.table("Trial by trial", ["trial", "server", "answers", "s", "rps", "p50 ms",
-                                    "p99 ms", "db queries", "hits", "misses", "CPU ms/req"],
-                 [[i + 1, m.name, r.load.responses, round(r.load.elapsed_s, 2), round(r.rps),
-                   round(r.p("p50"), 2), round(r.p("p99"), 2), r.db_queries, r.cache_hits,
-                   r.cache_misses, round(r.cpu_ms_per_request, 2)]
-                  for i in range(len(none.runs)) for m in modes for r in [m.runs[i]]])
-    result.chart("Throughput per trial", "trial", list(range(1, len(none.runs) + 1)),
-                 {m.name: [round(r.rps) for r in m.runs] for m in modes}, unit=" rps")

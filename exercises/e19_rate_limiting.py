@@ -17,28 +17,22 @@ from __future__ import annotations
 
 import itertools
 import json
-import threading
-import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from cachelab.caching.rate_limit import (
     ALGORITHMS,
-    Decision,
-    Limiter,
     LimitSpec,
     TokenBucketLimiter,
     max_in_any_window,
 )
+from cachelab.caching.rate_limit_burst import boundary_burst
 from cachelab.exercise import ExerciseInfo, Opt, Result
 from cachelab.shop.database import ShopDatabase, build_shop
 from cachelab.shop.middleware import DECIDED_HEADER
-from cachelab.workload.keyspace import Keyspace
+from cachelab.workload.limit_walk import Row, shorten_rows, walk_to_429
+from cachelab.workload.ttl_sampler import TtlSampler
 
 if TYPE_CHECKING:
-    import redis
-
     from cachelab.lab import Lab
 
 INFO = ExerciseInfo(
@@ -90,109 +84,6 @@ INFO = ExerciseInfo(
 
 PREFIX = "ratelimit"  # the direct limiters', named by the server: server.keys(PREFIX); the
 # API's own live under ratelimit:api
-PLACEMENT_ATTEMPTS = 5
-
-
-@dataclass
-class Burst:
-    """The boundary burst: each limiter's decisions before and after the boundary."""
-
-    attempts: int
-    boundary_us: int
-    lead_us: int
-    placed: bool
-    before: dict[str, list[Decision]] = field(default_factory=dict)
-    after: dict[str, list[Decision]] = field(default_factory=dict)
-
-    def admitted(self, algorithm: str) -> list[int]:
-        return [d.at_us for d in self.before[algorithm] + self.after[algorithm] if d.allowed]
-
-
-class TtlSampler:
-    """Reads the TTL of every limiter key, as often as it is asked."""
-
-    def __init__(self, client: redis.Redis, keys: Keyspace) -> None:
-        self.client = client
-        self.prefix = keys(PREFIX)
-        self.match = keys.pattern(f"{PREFIX}:*")
-        self.samples = 0
-        self.without_ttl: set[str] = set()
-        self.seen: set[str] = set()
-
-    def sample(self) -> None:
-        keys = list(self.client.scan_iter(match=self.match, count=1000))
-        pipe = self.client.pipeline(transaction=False)
-        for key in keys:
-            pipe.pttl(key)
-        for key, ttl in zip(keys, pipe.execute(), strict=True):
-            if ttl == -2:  # expired between SCAN and PTTL
-                continue
-            self.samples += 1
-            self.seen.add(key)
-            if ttl == -1:
-                self.without_ttl.add(key)
-
-    def seen_of(self, part: str, keys: set[str] | None = None) -> int:
-        """How many of ``keys`` (default: all seen) are under ``prefix:part:``."""
-        return sum(key.startswith(f"{self.prefix}:{part}:")
-                   for key in (self.seen if keys is None else keys))
-
-
-def _sleep_until(target_us: int, offset_us: int) -> None:
-    """Sleep until Redis's clock reads ``target_us`` (``offset_us``: Redis minus ours)."""
-    time.sleep(max(0.0, (target_us - offset_us) / 1e6 - time.time()))
-
-
-def _clock_offset_us(client: redis.Redis) -> int:
-    from cachelab.workload.redis_info import redis_clock_us
-
-    before = time.time_ns() // 1000
-    redis_now = redis_clock_us(client)
-    return redis_now - (before + time.time_ns() // 1000) // 2
-
-
-def boundary_burst(client: redis.Redis, limiters: Sequence[Limiter], limit: int,
-                   window_us: int) -> Burst:
-    """``limit`` requests per limiter just before a boundary of the clock, ``limit`` just
-    after, each batch pipelined so it lands within a few milliseconds; tried again at a
-    later boundary (as a new user, starting earlier) if a batch missed its side."""
-    from cachelab.workload.redis_info import redis_clock_us
-
-    lead_us, lag_us = max(20_000, window_us // 20), max(5_000, window_us // 50)
-
-    def batch(identity: str) -> dict[str, list[Decision]]:
-        pipe = client.pipeline(transaction=False)
-        for _ in range(limit):
-            for limiter in limiters:
-                limiter.queue(pipe, identity)
-        replies = pipe.execute()
-        out: dict[str, list[Decision]] = {lim.algorithm: [] for lim in limiters}
-        for i, reply in enumerate(replies):
-            limiter = limiters[i % len(limiters)]
-            out[limiter.algorithm].append(limiter.decision(reply))
-        return out
-
-    burst = Burst(0, 0, lead_us, False)
-    for attempt in range(1, PLACEMENT_ATTEMPTS + 1):
-        offset = _clock_offset_us(client)
-        now = redis_clock_us(client)
-        boundary = (now // window_us + 1) * window_us
-        if boundary - lead_us < now + 5_000:
-            boundary += window_us
-        identity = f"burst-{attempt}"
-        _sleep_until(boundary - lead_us, offset)
-        before = batch(identity)
-        _sleep_until(boundary + lag_us, offset)
-        after = batch(identity)
-        burst = Burst(attempt, boundary, lead_us, False, before, after)
-        first = min(d.at_us for ds in before.values() for d in ds)
-        last = max(d.at_us for ds in before.values() for d in ds)
-        burst.placed = (last < boundary and all(boundary <= d.at_us < first + window_us
-                                                for ds in after.values() for d in ds))
-        if burst.placed:
-            break
-        lead_us = min(window_us // 2, max(2 * lead_us, 2 * (last - first) + 10_000))
-    return burst
 
 
 def run(
@@ -249,7 +140,7 @@ def run(
         child.launch()
 
     # 1. The burst across a boundary, from this process.
-    sampler = TtlSampler(client, server.keys)
+    sampler = TtlSampler(client, server.keys, PREFIX)
     burst = boundary_burst(client, limiters, limit, window_us)
     sampler.sample()
 
@@ -286,7 +177,7 @@ def run(
         http_errors += report["http"]["errors"]
 
     # 3. Over HTTP as one new user, until the limiter says no.
-    walk, after_wait = _walk_to_429(api.url, limit)
+    walk, after_wait = walk_to_429(api.url, limit, decided_header=DECIDED_HEADER)
     sampler.sample()
 
     # What each limiter admitted, against its guarantee.
@@ -303,17 +194,17 @@ def run(
         ["algorithm", "admitted before", "admitted after", f"most in any {window_s:g}s",
          "tightest spot: admitted ≤ bound", "held"],
         [[a, sum(d.allowed for d in burst.before[a]), sum(d.allowed for d in burst.after[a]),
-          burst_most[a], str(b), _yes(b.held)] for a, b in burst_bounds.items()])
+          burst_most[a], str(b), "yes" if b.held else "NO"] for a, b in burst_bounds.items()])
     result.table(
         f"{clients} client processes for {duration_s:g}s, one user",
         ["algorithm", "requests", "admitted", "refused", f"most in any {window_s:g}s",
          "tightest spot: admitted ≤ bound", "held"],
         [*([a, len(concurrent[a]) + denied[a], len(concurrent[a]), denied[a],
-            max_in_any_window(concurrent[a], window_us), str(b), _yes(b.held)]
+            max_in_any_window(concurrent[a], window_us), str(b), "yes" if b.held else "NO"]
            for a, b in concurrent_bounds.items()),
          [f"{api_algorithm} (HTTP)", len(http_allowed) + http_denied + http_errors,
           len(http_allowed), http_denied, max_in_any_window(http_allowed, window_us),
-          str(http_bound), _yes(http_bound.held)]])
+          str(http_bound), "yes" if http_bound.held else "NO"]])
     result.table("Clients", ["client", "direct decisions", "admitted", "HTTP requests",
                              "HTTP 200", "HTTP 429"],
                  [[r["name"], sum(len(s["allowed"]) + s["denied"] for s in r["direct"].values()),
@@ -324,7 +215,7 @@ def run(
     result.table(f"One user over HTTP until a 429 ({api_spec}), in the order decided",
                  ["request", "status", "RateLimit-Limit", "RateLimit-Remaining",
                   "RateLimit-Reset", "Retry-After", "X-Cache"],
-                 [["-" if v is None else v for v in r] for r in [*_shorten(walk), after_wait]])
+                 [["-" if v is None else v for v in r] for r in [*shorten_rows(walk), after_wait]])
     result.table("Limiter keys and their TTLs",
                  ["limiter", "keys seen", "without TTL"],
                  [[part, sampler.seen_of(part), sampler.seen_of(part, sampler.without_ttl)]
@@ -413,63 +304,6 @@ def run(
                     "clients' commands may delay a decision, never split one: each is "
                     "one script.")
     return result
-
-
-def _yes(held: bool) -> str:
-    return "yes" if held else "NO"
-
-
-Row = list[Any]
-
-
-def _walk_to_429(url: str, limit: int, workers: int = 4) -> tuple[list[Row], Row]:
-    """Requests as a new user until a 429, then one more after waiting Retry-After.
-
-    A few threads send them, so that the client outpaces a refill even at high limits;
-    the answers are then put in the order the limiter decided them (its clock, from
-    the X-RateLimit-Decided-Us header), up to the first 429.
-    """
-    from concurrent.futures import ThreadPoolExecutor
-
-    import httpx
-
-    def row(n: int | str, answer: httpx.Response) -> Row:
-        h = answer.headers
-        return [n, answer.status_code, h.get("ratelimit-limit"), h.get("ratelimit-remaining"),
-                h.get("ratelimit-reset"), h.get("retry-after"), h.get("x-cache")]
-
-    refused = threading.Event()
-    with httpx.Client(base_url=url, timeout=10, headers={"X-User-Id": "walker"}) as http:
-
-        def one(_: int) -> httpx.Response | None:
-            if refused.is_set():
-                return None
-            answer = http.get("/products/1")
-            if answer.status_code != 200:
-                refused.set()
-            return answer
-
-        with ThreadPoolExecutor(workers) as pool:
-            answers = [a for a in pool.map(one, range(5 * limit + workers)) if a is not None]
-        answers.sort(key=lambda a: int(a.headers.get(DECIDED_HEADER, 0)))
-        rows: list[Row] = []
-        for n, answer in enumerate(answers, start=1):
-            rows.append(row(n, answer))
-            if answer.status_code != 200:
-                break
-        retry_after = rows[-1][5]
-        if rows[-1][1] != 429 or not str(retry_after).isdigit():
-            return rows, ["after Retry-After", "not tried", None, None, None, None, None]
-        time.sleep(int(retry_after))
-        return rows, row("after Retry-After", http.get("/products/1"))
-
-
-def _shorten(rows: list[Row], keep: int = 8) -> list[Row]:
-    """The first and last ``keep`` rows of a long table, with a gap between."""
-    if len(rows) <= 2 * keep + 1:
-        return rows
-    gap: Row = ["…"] + [""] * (len(rows[0]) - 1)
-    return [*rows[:keep], gap, *rows[-keep:]]
 
 
 def _judge_walk(walk: list[Row], after_wait: Row, limit: int, quota: int

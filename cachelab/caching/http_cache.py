@@ -396,3 +396,34 @@ def _page(fields: Mapping[str, str]) -> Page:
     return Page(fields["html"],
                 Validators(fields["etag"], int(float(fields["at"])), fields["strong"] == "1"),
                 int(fields["version"]))
+
+
+# ------------------------------------------------------------------ conditional requests
+
+
+def conditional_request_cases(etag: str, last_modified: str
+                              ) -> list[tuple[str, dict[str, str], int]]:
+    """Each kind of conditional GET RFC 9110 describes (§13.1, §13.2.2), for a page with
+    these validators: ``(label, request headers, the status it must get)``."""
+    seconds = parse_http_date(last_modified)
+    if seconds is None:
+        raise ValueError(f"Last-Modified {last_modified!r} is not an HTTP-date")
+    day = 86_400
+    rfc850 = time.strftime("%A, %d-%b-%y %H:%M:%S GMT", time.gmtime(seconds))
+    return [
+        ("If-None-Match: its ETag", {"If-None-Match": etag}, 304),
+        ("If-None-Match: W/ its ETag (weak comparison)", {"If-None-Match": f"W/{etag}"}, 304),
+        ('If-None-Match: "other", its ETag', {"If-None-Match": f'"other", {etag}'}, 304),
+        ("If-None-Match: *", {"If-None-Match": "*"}, 304),
+        ('If-None-Match: "other"', {"If-None-Match": '"other"'}, 200),
+        ('If-None-Match: "other" + If-Modified-Since: its Last-Modified',
+         {"If-None-Match": '"other"', "If-Modified-Since": last_modified}, 200),
+        ("If-None-Match: its ETag + If-Modified-Since: a day earlier",
+         {"If-None-Match": etag, "If-Modified-Since": http_date(seconds - day)}, 304),
+        ("If-Modified-Since: its Last-Modified", {"If-Modified-Since": last_modified}, 304),
+        ("If-Modified-Since: its Last-Modified, RFC 850 form", {"If-Modified-Since": rfc850},
+         304),
+        ("If-Modified-Since: a day earlier", {"If-Modified-Since": http_date(seconds - day)},
+         200),
+        ("If-Modified-Since: not a date", {"If-Modified-Since": "yesterday"}, 200),
+    ]
