@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import random
+
+import pytest
+
 from cachelab.caching import CacheAside
 from cachelab.lab import Lab
+from cachelab.shop.writes import WRITE_KINDS, apply_write, write_stream
 from cachelab.workload.redis_info import key_values
 from cachelab.workload.restart import Restart, Restarter, WindowedStart
 
@@ -36,3 +41,24 @@ def test_a_windowed_start_counts_hits_and_database_reads_per_window(lab: Lab) ->
     assert start.hits == [1, 2, 1]
     assert start.db_reads == [2, 1, 0]
     assert start.window_ratio(1) == 2 / 3 and start.hit_ratio == 4 / 7
+
+
+def test_every_kind_of_shop_write_changes_rows(lab: Lab) -> None:
+    db = lab.shop()
+    rng = random.Random(3)
+    before = db.rows("SELECT COUNT(*) AS n FROM comments")[0]["n"]
+
+    changed = {kind: apply_write(db, kind, rng) for kind in WRITE_KINDS}
+
+    assert all(rows >= 1 for rows in changed.values()), changed
+    assert db.rows("SELECT COUNT(*) AS n FROM comments")[0]["n"] == before + 1
+    with pytest.raises(ValueError, match="unknown write"):
+        apply_write(db, "drop table", rng)
+
+
+def test_the_write_stream_holds_every_kind_among_the_reads() -> None:
+    stream = write_stream(random.Random(1), operations=50, write_ratio=0.3)
+
+    assert len(stream) == 50 and stream.count(None) == 35
+    assert set(WRITE_KINDS) <= set(stream)
+    assert stream == write_stream(random.Random(1), operations=50, write_ratio=0.3)
