@@ -9,20 +9,15 @@ compared with the database at that moment.
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated
 
 from cachelab.caching import CacheAside
 from cachelab.exercise import ExerciseInfo, Opt, Result
-from cachelab.workload.keyspace import Keyspace
 from cachelab.workload.measure import key_sampler
+from cachelab.workload.profile_edits import play_profile_edits
 
 if TYPE_CHECKING:
-    import redis
-
     from cachelab.lab import Lab
-    from cachelab.shop.database import ShopDatabase
 
 INFO = ExerciseInfo(
     id="exercise-3",
@@ -57,62 +52,6 @@ INFO = ExerciseInfo(
     headline="stale_reads_ttl_only",
 )
 
-Strategy = Literal["invalidate", "ttl-only"]
-
-
-@dataclass
-class Outcome:
-    """What one strategy's play of the stream measured."""
-
-    reads: int = 0
-    updates: int = 0
-    stale_reads: int = 0
-    max_stale_age_s: float = 0.0
-    first_reads_after_update: int = 0
-    repopulations: int = 0  # first reads after an update that missed and returned new data
-    db_queries: int = 0
-    hits: int = 0
-    example: list[object] = field(default_factory=list)
-
-
-def play(lab: Lab, cache: redis.Redis, db: ShopDatabase, strategy: Strategy, *,
-         operations: int, update_ratio: float, ttl_s: float, keys: Keyspace) -> Outcome:
-    """Run the seeded stream against ``db`` through a cache-aside with ``strategy``;
-    its keys are named by ``keys``, the server's."""
-    profiles = CacheAside(cache, namespace=keys(f"user-{strategy}"),
-                          loader=db.user_profile, ttl_s=ttl_s)
-    rng = lab.rng("operations")  # the same stream for both strategies
-    next_user = key_sampler(db.size.users, "zipf", zipf_s=1.1, rng=lab.rng("users"))
-    outcome, updated_at, awaiting_read = Outcome(), {}, set()
-    q0 = db.queries
-    for i in lab.track(range(operations), f"reads and updates ({strategy})", operations):
-        user_id = next_user()
-        if rng.random() < update_ratio:
-            db.update_profile(user_id, bio=f"edited in operation {i}")
-            if strategy == "invalidate":
-                profiles.invalidate(user_id)
-            updated_at[user_id] = time.monotonic()
-            awaiting_read.add(user_id)
-            outcome.updates += 1
-            continue
-        profile, hit = profiles.fetch(user_id)
-        truth = db.profile_now(user_id)
-        outcome.reads += 1
-        if profile != truth:
-            outcome.stale_reads += 1
-            age = time.monotonic() - updated_at.get(user_id, time.monotonic())
-            outcome.max_stale_age_s = max(outcome.max_stale_age_s, age)
-            if not outcome.example:
-                outcome.example = [user_id, profile["version"], truth and truth["version"]]
-        if user_id in awaiting_read:
-            awaiting_read.discard(user_id)
-            outcome.first_reads_after_update += 1
-            outcome.repopulations += (not hit) and profile == truth
-    outcome.db_queries = db.queries - q0
-    outcome.hits = profiles.stats.hits
-    return outcome
-
-
 def run(
     lab: Lab,
     *,
@@ -124,10 +63,17 @@ def run(
     result = Result(INFO)
     server = lab.redis_server()
     cache = lab.closing(server.client())
-    runs = {strategy: play(lab, cache, lab.shop(f"shop-{strategy}"), strategy,
-                           operations=operations, update_ratio=update_ratio, ttl_s=ttl_s,
-                           keys=server.keys)
-            for strategy in ("invalidate", "ttl-only")}
+    runs = {}
+    for strategy in ("invalidate", "ttl-only"):  # the same seeded stream for both
+        db = lab.shop(f"shop-{strategy}")
+        profiles = CacheAside(cache, namespace=server.keys(f"user-{strategy}"),
+                              loader=db.user_profile, ttl_s=ttl_s)
+        runs[strategy] = play_profile_edits(
+            profiles, db, invalidate=strategy == "invalidate",
+            operations=lab.track(range(operations), f"reads and updates ({strategy})",
+                                 operations),
+            update_ratio=update_ratio, rng=lab.rng("operations"),
+            next_user=key_sampler(db.size.users, "zipf", zipf_s=1.1, rng=lab.rng("users")))
     inv, ttl = runs["invalidate"], runs["ttl-only"]
 
     result.table("Strategies", ["strategy", "reads", "updates", "hits", "misses",

@@ -12,30 +12,17 @@ reported and never served stale.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 from cachelab.caching import CacheAside
-from cachelab.caching.eager import WriteThrough
+from cachelab.caching.eager import WriteThrough, update_while_refusing_writes
 from cachelab.exercise import ExerciseInfo, Opt, Result
-from cachelab.shop.database import ShopDatabase
-from cachelab.workload.measure import (
-    LATENCY_COLUMNS,
-    LatencyHistogram,
-    key_sampler,
-    latency_row,
-    ratio,
-)
-from cachelab.workload.redis_info import counter_delta, keyspace_counters
-from cachelab.workload.threads import run_concurrently
+from cachelab.workload.launch import play_launch
+from cachelab.workload.measure import LATENCY_COLUMNS, key_sampler, latency_row
 
 if TYPE_CHECKING:
-    import redis
-
     from cachelab.lab import Lab
 
 INFO = ExerciseInfo(
@@ -83,150 +70,6 @@ INFO = ExerciseInfo(
                 "eager write",
 )
 
-# The catalogue in one query, with the columns of ShopDatabase.PRODUCT_SQL.
-CATALOGUE_SQL = """
-    SELECT p.id, p.name, c.name AS category, p.price_cents, p.description, p.stock,
-           p.version
-    FROM products p JOIN categories c ON c.id = p.category_id ORDER BY p.id"""
-
-Fetch = Callable[[int], "tuple[Any, bool]"]
-Update = Callable[[int, int, int], bool]  # (product, price_cents, stock) -> cache updated
-
-
-@dataclass
-class Launch:
-    """What one play of the launch measured."""
-
-    requests: int = 0
-    hits: int = 0
-    db_reads: int = 0  # product reads the storefront's database connection counted
-    office_queries: int = 0  # the back office's writes (and write-through's read-backs)
-    updates: int = 0
-    cache_updated: int = 0  # updates whose cache write (or delete) succeeded
-    next_reads_fresh: int = 0  # reads right after an update that equal the database
-    reads_after_update: int = 0
-    stale_reads: int = 0
-    seconds: float = 0.0
-    redis: dict[str, int] = field(default_factory=dict)
-    latency: LatencyHistogram = field(default_factory=LatencyHistogram)
-    opening: LatencyHistogram = field(default_factory=LatencyHistogram)  # the first tenth
-    changes: list[list[object]] = field(default_factory=list)
-
-    @property
-    def hit_ratio(self) -> float:
-        return ratio(self.hits, self.requests)
-
-
-def is_stale(value: dict[str, Any] | None, acknowledged: dict[str, Any]) -> bool:
-    """Older than (or different from) the row an already finished update left behind."""
-    if value is None or value["version"] < acknowledged["version"]:
-        return True
-    return value["version"] == acknowledged["version"] and value != acknowledged
-
-
-def launch(cache: redis.Redis, storefront: ShopDatabase, office: ShopDatabase, *,
-           stream: list[int],
-           plan: dict[int, tuple[int, int]], fetch: Fetch, update: Update,
-           workers: int) -> Launch:
-    """Play the burst: ``stream[i]`` is request i's product; ``plan[i]`` updates it first."""
-    n = len(stream)
-    durations, hits, checked, stale = [0] * n, [False] * n, [False] * n, [False] * n
-    acknowledged: dict[int, dict[str, Any]] = {}  # product -> row its last finished update left
-    out = Launch(requests=n)
-    back_office = threading.Lock()  # one writer at a time, as write-through assumes
-
-    def read(i: int, product: int) -> Any:
-        floor = acknowledged.get(product)  # taken before the read starts
-        t0 = time.perf_counter_ns()
-        value, hits[i] = fetch(product)
-        durations[i] = time.perf_counter_ns() - t0
-        if floor is not None:
-            checked[i], stale[i] = True, is_stale(value, floor)
-        return value
-
-    def request(i: int) -> None:
-        product = stream[i]
-        if i not in plan:
-            read(i, product)
-            return
-        with back_office:
-            before = storefront.product_now(product)
-            cached = update(product, *plan[i])
-            truth = storefront.product_now(product)
-            if truth is None:  # the plan only changes products that exist
-                raise LookupError(f"product {product} vanished from the shop database")
-            acknowledged[product] = truth
-            value = read(i, product)  # the very next read, by the one who wrote
-            out.updates += 1
-            out.cache_updated += cached
-            out.next_reads_fresh += value == truth
-            out.changes.append([product, before["version"] if before else None,
-                                truth["version"], value["version"] if value else None,
-                                "hit" if hits[i] else "miss", value == truth])
-
-    redis_before, reads_before = keyspace_counters(cache), storefront.queries
-    office_before = office.queries
-    out.seconds = run_concurrently(request, workers=workers, requests=n)
-    out.redis = counter_delta(redis_before, keyspace_counters(cache))
-    out.db_reads = storefront.queries - reads_before
-    out.office_queries = office.queries - office_before
-    out.hits = sum(hits)
-    out.reads_after_update, out.stale_reads = sum(checked), sum(stale)
-    for i, ns in enumerate(durations):
-        out.latency.record_ns(ns)
-        if i < n // 10:  # while a lazy cache is still cold
-            out.opening.record_ns(ns)
-    return out
-
-
-def back_office_of(lab: Lab, storefront: ShopDatabase) -> ShopDatabase:
-    """A second connection to the same file: the back office's writes are counted apart."""
-    office = ShopDatabase(storefront.path, latency_ms=storefront.latency_ms,
-                          size=storefront.size)
-    lab.callback(office.close)
-    return office
-
-
-def refused_write(cache: redis.Redis, products: WriteThrough[int], storefront: ShopDatabase,
-                  product: int, change: tuple[int, int]) -> tuple[bool, list[list[object]], int]:
-    """Update ``product`` while Redis refuses writes; ``(upheld, steps, failures reported)``."""
-    failures_before = products.stats.cache_write_failures
-    config = cache.config_get("maxmemory*")
-    key = products.key(product)
-    steps: list[list[object]] = []
-    # noeviction and a 1-byte limit: every write command is refused with OOM, reads and
-    # DEL still work. This is also what a full eager cache without TTLs runs into.
-    cache.config_set("maxmemory-policy", "noeviction")
-    cache.config_set("maxmemory", 1)
-    try:
-        outcome = products.update(product, price_cents=change[0], stock=change[1])
-        truth = storefront.product_now(product)
-        steps.append(["update while Redis refuses writes",
-                      f"refused: {(outcome.error or '').split(':')[0]}" if not outcome.cached
-                      else "written",
-                      "deleted" if not cache.exists(key) else "still there",
-                      outcome.value["version"] if outcome.value else None, outcome.value == truth])
-        first, first_hit = products.fetch(product)
-        steps.append(["next read, Redis still full", "hit" if first_hit else "miss",
-                      "refilled" if cache.exists(key) else "absent",
-                      first["version"] if first else None, first == truth])
-    finally:
-        cache.config_set("maxmemory", str(config["maxmemory"]))
-        cache.config_set("maxmemory-policy", str(config["maxmemory-policy"]))
-    second, second_hit = products.fetch(product)
-    third, third_hit = products.fetch(product)
-    for label, value, hit in (("read after memory is back", second, second_hit),
-                              ("and the read after it", third, third_hit)):
-        steps.append([label, "hit" if hit else "miss",
-                      "present" if cache.exists(key) else "absent",
-                      value["version"] if value else None, value == truth])
-    failures = products.stats.cache_write_failures - failures_before
-    upheld = (not outcome.cached and bool(outcome.error) and failures >= 1
-              and outcome.entry_removed and not first_hit and first == truth
-              and not second_hit and third_hit and second == third == truth)
-    return upheld, steps, failures
-
-
 def run(
     lab: Lab,
     *,
@@ -242,7 +85,7 @@ def run(
     result = Result(INFO)
     cache = lab.redis()
     shops = {name: lab.shop(f"shop-{name}") for name in ("eager", "lazy")}
-    offices = {name: back_office_of(lab, shop) for name, shop in shops.items()}
+    offices = {name: lab.closing(shop.reopen()) for name, shop in shops.items()}  # counted apart
     products = shops["eager"].size.products
 
     # One launch for both strategies: the products asked for, and where changes happen.
@@ -258,7 +101,7 @@ def run(
     eager = WriteThrough(cache, namespace="product", db_read=storefront.product_details,
                          read_back=office.product_details, db_write=office.update_product)
     started = time.perf_counter()
-    catalogue = {row["id"]: row for row in office.query(CATALOGUE_SQL)}
+    catalogue = {row["id"]: row for row in office.catalogue()}
     preloaded = eager.preload(catalogue)
     preload_s = time.perf_counter() - started
     keys = list(cache.scan_iter("product:*", count=1000))
@@ -269,8 +112,8 @@ def run(
     def write_through(product: int, price: int, stock: int) -> bool:
         return eager.update(product, price_cents=price, stock=stock).cached
 
-    eager_launch = launch(cache, storefront, office, stream=stream, plan=plan,
-                          fetch=eager.fetch, update=write_through, workers=workers)
+    eager_launch = play_launch(cache, storefront, office, stream=stream, plan=plan,
+                               fetch=eager.fetch, update=write_through, workers=workers)
     eager_misses = eager.stats.misses
 
     # Lazy baseline: the same launch on an empty cache-aside cache that deletes on update.
@@ -282,13 +125,21 @@ def run(
         lazy.invalidate(product)
         return True
 
-    lazy_launch = launch(cache, shops["lazy"], offices["lazy"], stream=stream, plan=plan,
-                         fetch=lazy.fetch, update=invalidate, workers=workers)
+    lazy_launch = play_launch(cache, shops["lazy"], offices["lazy"], stream=stream, plan=plan,
+                              fetch=lazy.fetch, update=invalidate, workers=workers)
 
     # A cache write that fails: reported, the old entry removed, the database answers.
     hottest = Counter(stream).most_common(1)[0][0]
-    refusal_upheld, refusal_steps, failures = refused_write(
-        cache, eager, storefront, hottest, (rng.randint(199, 19999), rng.randint(0, 500)))
+    price, stock = rng.randint(199, 19999), rng.randint(0, 500)
+    refused = update_while_refusing_writes(cache, eager, hottest, storefront.product_now,
+                                           price_cents=price, stock=stock)
+    first, (second, third) = refused.while_full, refused.after
+    refusal_upheld = (not refused.outcome.cached and bool(refused.outcome.error)
+                      and refused.failures >= 1 and refused.outcome.entry_removed
+                      and not first.hit and first.value == refused.truth
+                      and not second.hit and third.hit
+                      and second.value == third.value == refused.truth)
+    refusal_steps, failures = refused.steps, refused.failures
 
     runs = {"eager": eager_launch, "lazy": lazy_launch}
     result.table("Launch", ["strategy", "hits", "db reads", "back-office queries",

@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from cachelab.caching import CacheAside
 from cachelab.caching.monitor import (
@@ -27,21 +26,15 @@ from cachelab.caching.monitor import (
     read_access_log,
     scrape_totals,
 )
-from cachelab.caching.simulate import LRU
-from cachelab.caching.simulate import replay as simulate
+from cachelab.caching.sizing import redis_size, replay_at_size
 from cachelab.errors import UsageError
 from cachelab.exercise import ExerciseInfo, Opt, Result
-from cachelab.workload.measure import (
-    LATENCY_COLUMNS,
-    key_sampler,
-    latency_row,
-    ratio,
-)
+from cachelab.shop.pages import ProfilePages
+from cachelab.workload.measure import LATENCY_COLUMNS, key_sampler, latency_row, ratio
 from cachelab.workload.redis_info import counter_delta, keyspace_counters
 
 if TYPE_CHECKING:
     from cachelab.lab import Lab
-    from cachelab.shop.database import ShopDatabase
 
 INFO = ExerciseInfo(
     id="exercise-9",
@@ -88,99 +81,6 @@ INFO = ExerciseInfo(
 NAMESPACE = "page"
 #: Redis samples keys to approximate LRU, so a bigger cache can lose a little by chance.
 MONOTONE_TOLERANCE = 0.02
-MB = 1024 * 1024  # Redis reads "1mb" as 1024 * 1024 bytes
-
-
-class PageLoader:
-    """Renders a profile page from the database, keeping each page for the replays."""
-
-    def __init__(self, db: ShopDatabase, value_kb: int) -> None:
-        self.db = db
-        self.size = value_kb * 1024
-        self.pages: dict[int, dict[str, Any]] = {}
-
-    def __call__(self, user_id: int) -> dict[str, Any] | None:
-        profile = self.db.user_profile(user_id)
-        if profile is None:
-            return None
-        # Stands in for the page's HTML: the real size of a value is what memory holds.
-        block = f"<section>{profile['name']} · {profile['city']} · {profile['bio']}</section>"
-        html = (block * (self.size // len(block) + 1))[:self.size]
-        self.pages[user_id] = page = {"profile": profile, "html": html}
-        return page
-
-
-@dataclass
-class SweepPoint:
-    """One replay of the logged keys against a cache of ``maxmemory_mb``."""
-
-    maxmemory_mb: float
-    hits: int
-    misses: int
-    redis_hits: int
-    redis_misses: int
-    keys_held: int
-    empty_used_mb: float
-    evicted: int
-    refused_writes: int
-    lru_hits: int
-
-    @property
-    def hit_ratio(self) -> float:
-        return ratio(self.hits, self.hits + self.misses)
-
-    @property
-    def lru_hit_ratio(self) -> float:
-        return ratio(self.lru_hits, self.hits + self.misses)
-
-    @property
-    def agrees_with_redis(self) -> bool:
-        return (self.hits, self.misses) == (self.redis_hits, self.redis_misses)
-
-
-def replay(lab: Lab, name: str, maxmemory_mb: float, policy: str, trace: list[int],
-           pages: dict[int, dict[str, Any]], ttl_s: float) -> SweepPoint:
-    """Replay ``trace`` through cache-aside on a fresh redis-server of ``maxmemory_mb``.
-
-    The loader serves the pages the workload already rendered, so every point does the
-    same work and only the memory differs; the database would only slow the sweep down.
-    """
-    import redis
-
-    server = lab.own_redis_server(name, maxmemory=redis_size(maxmemory_mb),
-                              maxmemory_policy=policy)
-    client = server.client()
-    try:
-        cache = CacheAside(client, namespace=NAMESPACE, loader=pages.__getitem__, ttl_s=ttl_s)
-        empty_used_mb = int(client.info("memory")["used_memory"]) / MB
-        before, refused = keyspace_counters(client), 0
-        for user_id in trace:
-            try:
-                cache.fetch(user_id)
-            except redis.exceptions.OutOfMemoryError:
-                refused += 1  # below Redis's own baseline memory, a SET can be refused
-        seen = counter_delta(before, keyspace_counters(client))
-        held = int(client.dbsize())
-    finally:
-        client.close()
-        server.stop()  # the Lab would stop it at the end; no need to keep it until then
-    return SweepPoint(maxmemory_mb, cache.stats.hits, cache.stats.misses,
-                      seen["keyspace_hits"], seen["keyspace_misses"], held, empty_used_mb,
-                      seen["evicted_keys"], refused,
-                      simulate(trace, LRU(held)).hits if held else 0)
-
-
-def redis_size(mb: float) -> str:
-    """``3mb`` for whole megabytes, else bytes: Redis reads no fractions in ``maxmemory``."""
-    return f"{mb:g}mb" if mb == int(mb) else str(int(mb * MB))
-
-
-def access_log_path(lab: Lab, option: str) -> Path:
-    """The file the run logs to: ``--access-log``, else a new file in the results folder."""
-    if option:
-        return Path(option).expanduser()
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    return lab.kept_file("access-logs", f"{INFO.id}-{stamp}-{uuid.uuid4().hex[:6]}.jsonl")
 
 
 def run(
@@ -219,7 +119,10 @@ def run(
     # 1. The endpoint first: a busy --metrics-port fails before anything else starts.
     exporter = PrometheusExporter(cache=NAMESPACE)
     metrics = lab.enter_context(exporter.serve(metrics_port))
-    path = access_log_path(lab, access_log)
+    # The file the run logs to: --access-log, else a new file in the results folder.
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    path = (Path(access_log).expanduser() if access_log else
+            lab.kept_file("access-logs", f"{INFO.id}-{stamp}-{uuid.uuid4().hex[:6]}.jsonl"))
     try:
         log = lab.enter_context(AccessLog(path))
     except OSError as exc:
@@ -228,7 +131,7 @@ def run(
     monitor = CacheMonitor(log=log, exporter=exporter)
     cache = lab.redis()
     db = lab.shop()
-    loader = PageLoader(db, value_kb)
+    loader = ProfilePages(db, value_kb)
     pages = MonitoredCache(CacheAside(cache, namespace=NAMESPACE, loader=loader, ttl_s=ttl_s),
                            monitor)
 
@@ -254,9 +157,15 @@ def run(
 
     # 4. Size the cache: replay the logged key sequence at each maxmemory.
     logged_trace = [int(a.key.rsplit(":", 1)[1]) for a in logged]
-    sweep = [replay(lab, f"sweep-{k}", mb, policy, logged_trace, loader.pages, ttl_s)
-             for k, mb in enumerate(lab.track(sizes, f"replaying {len(logged_trace)} reads "
-                                              "per size", len(sizes)), 1)]
+    sweep = []
+    for k, mb in enumerate(lab.track(sizes, f"replaying {len(logged_trace)} reads per size",
+                                     len(sizes)), 1):
+        sized = lab.own_redis_server(f"sweep-{k}", maxmemory=redis_size(mb),
+                                     maxmemory_policy=policy)
+        with sized.client() as client:
+            sweep.append(replay_at_size(client, mb, logged_trace, loader.pages,
+                                        namespace=NAMESPACE, ttl_s=ttl_s))
+        sized.stop()  # the Lab would stop it at the end; no need to keep it until then
     good = [p for p in sweep if p.hit_ratio >= target_hit_ratio]
     chosen = good[0] if good else None
     best = max(sweep, key=lambda p: p.hit_ratio)

@@ -14,24 +14,16 @@ queries.
 from __future__ import annotations
 
 import math
-import threading
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any
 
 from cachelab.caching import CacheAside
 from cachelab.caching.warming import LockedCache, StreamWatcher, Warmer, XFetchCache
 from cachelab.exercise import ExerciseInfo, Opt, Result
-from cachelab.workload.keyspace import Keyspace
-from cachelab.workload.measure import LatencyHistogram
+from cachelab.workload.surge import CountingLoader, TrafficRow, play_steady, play_surge
 from cachelab.workload.threads import run_concurrently
 
 if TYPE_CHECKING:
-    import redis
-
     from cachelab.lab import Lab
-    from cachelab.shop.database import ShopDatabase
 
 INFO = ExerciseInfo(
     id="exercise-10",
@@ -86,135 +78,6 @@ STREAM = "posts"  # named by the server, like every key: server.keys(STREAM)
 QUERIES_PER_LOAD = 2  # ShopDatabase.account_page: the account, then its latest posts
 
 
-class PageLoader:
-    """The account page from the database, counting its calls (the loads)."""
-
-    def __init__(self, db: ShopDatabase) -> None:
-        self.db = db
-        self.calls = 0
-        self._lock = threading.Lock()
-
-    def __call__(self, account_id: int) -> dict[str, Any] | None:
-        with self._lock:
-            self.calls += 1
-        return self.db.account_page(account_id)
-
-
-@dataclass
-class Row:
-    """One strategy under one kind of traffic (surge or steady), as measured."""
-
-    strategy: str
-    loads: int = 0
-    db_queries: int = 0
-    misses: int = 0
-    wrong: int = 0
-    latency: LatencyHistogram = field(default_factory=LatencyHistogram)
-    per_expiry: dict[int, int] = field(default_factory=dict)
-
-    @property
-    def max_per_expiry(self) -> int:
-        return max(self.per_expiry.values(), default=0)
-
-    @property
-    def ms(self) -> dict[str, float]:
-        return self.latency.summary_ms()
-
-
-@dataclass
-class Surge:
-    """When things happened around one post, in ``time.monotonic_ns()``."""
-
-    entry_id: str
-    post_ns: int
-    first_read_ns: int
-    post_on_top: bool  # the page the readers must get shows the new post first
-
-
-def save_post(db: ShopDatabase, account_id: int, title: str) -> int:
-    """Insert a post by ``account_id``; returns its id."""
-    post_id = int(db.rows("SELECT MAX(id) AS id FROM posts")[0]["id"]) + 1
-    # Dated like the newest post, so that with its higher id it tops the page.
-    db.execute("INSERT INTO posts (id, account_id, title, body, posted_on) "
-               "SELECT ?, ?, ?, ?, MAX(posted_on) FROM posts",
-               [post_id, account_id, title, f"{title}: the followers rush to read it"])
-    return post_id
-
-
-def surge(client: redis.Redis, db: ShopDatabase, account_id: int,
-          fetch: Callable[[int], tuple[Any, bool]], row: Row, *, readers: int, requests: int,
-          delay_ms: float, loads: Callable[[], int], title: str, stream: str = STREAM,
-          settle: Callable[[], None] = lambda: None) -> Surge:
-    """Post, announce it, and release ``readers`` threads together ``delay_ms`` later.
-
-    ``settle`` runs after the readers and before the counts are read (it stops a watcher).
-    """
-    post_id = save_post(db, account_id, title)
-    expected = db.account_page(account_id)  # the truth, read before the counts start
-    q0, loads0 = db.queries, loads()
-    post_ns = time.monotonic_ns()
-    entry_id = str(client.xadd(stream, {"account_id": account_id, "post_id": post_id}))
-    surge_at_ns = post_ns + int(delay_ms * 1e6)
-    starts, durations = [0] * requests, [0] * requests
-    hits, wrong = [False] * requests, [False] * requests
-
-    def read(i: int) -> None:
-        pause_s = (surge_at_ns - time.monotonic_ns()) / 1e9
-        if pause_s > 0:  # followers react a moment after the post; nobody waits on a warmer
-            time.sleep(pause_s)
-        starts[i] = time.monotonic_ns()
-        value, hits[i] = fetch(account_id)
-        durations[i] = time.monotonic_ns() - starts[i]
-        wrong[i] = value != expected
-
-    run_concurrently(read, workers=readers, requests=requests)
-    settle()
-    for duration in durations:
-        row.latency.record_ns(duration)
-    row.misses, row.wrong = hits.count(False), sum(wrong)
-    row.loads, row.db_queries = loads() - loads0, db.queries - q0
-    row.per_expiry = {1: row.loads}  # the empty cache at the post is the one expiry
-    on_top = bool(expected and expected["posts"] and expected["posts"][0]["id"] == post_id)
-    return Surge(entry_id, post_ns, min(starts), on_top)
-
-
-def steady(lab: Lab, client: redis.Redis, db: ShopDatabase, account_id: int,
-           expected: dict[str, Any] | None, row: Row, *, namespace: str, beta: float,
-           lock: bool, rate: int, duration_s: float, readers: int, ttl_s: float,
-           lock_ttl_ms: int, keys: Keyspace) -> XFetchCache[int]:
-    """Paced reads of one entry that expires every ``ttl_s``, through XFetch.
-
-    Its keys are ``keys(namespace)`` and below; its random draws are seeded by
-    ``namespace`` alone, so that a seed repeats them whatever the server's prefix.
-    """
-    loader = PageLoader(db)
-    cache = XFetchCache(client, namespace=keys(namespace), loader=loader, ttl_s=ttl_s,
-                        beta=beta, lock=lock, lock_ttl_ms=lock_ttl_ms,
-                        rng=lab.rng(namespace))
-    cache.fetch(account_id)  # the first fill happens before the traffic and is not counted
-    q0, loads0, misses0 = db.queries, loader.calls, cache.stats.misses
-    requests = max(1, round(rate * duration_s))
-    durations, wrong = [0] * requests, [False] * requests
-    start_ns = time.monotonic_ns() + 20_000_000  # time for the reader threads to start
-
-    def read(i: int) -> None:
-        pause_s = (start_ns + i * 1e9 / rate - time.monotonic_ns()) / 1e9
-        if pause_s > 0:  # open loop: read i is due at i/rate, however slow the others are
-            time.sleep(pause_s)
-        t0 = time.monotonic_ns()
-        value, _ = cache.fetch(account_id)
-        durations[i] = time.monotonic_ns() - t0
-        wrong[i] = value != expected
-
-    run_concurrently(read, workers=readers, requests=requests)
-    for duration in durations:
-        row.latency.record_ns(duration)
-    row.loads, row.db_queries = loader.calls - loads0, db.queries - q0
-    row.misses, row.wrong = cache.stats.misses - misses0, sum(wrong)
-    row.per_expiry = cache.loads_per_expiry()
-    return cache
-
-
 def run(
     lab: Lab,
     *,
@@ -250,56 +113,64 @@ def run(
     surge_options: dict[str, Any] = {
         "readers": surge_readers, "requests": surge_requests, "delay_ms": surge_delay_ms,
         "stream": stream}
+
     # Warm-up, not measured: one connection a reader thread, so that the first surge
     # does not pay for connecting while the later ones reuse the pool.
     run_concurrently(lambda _: client.ping(), workers=max(surge_readers, steady_readers),
                      requests=4 * max(surge_readers, steady_readers))
 
     # 1. Cold: nobody warms the page, every reader that misses loads it.
-    cold_loader = PageLoader(db)
-    cold = Row("surge: cold")
+    cold_loader = CountingLoader(db.account_page)
+    cold = TrafficRow("surge: cold")
     cold_cache = CacheAside(client, namespace=server.keys("page-cold"), loader=cold_loader,
                             ttl_s=page_ttl_s)
-    surges = [surge(client, db, celebrity, cold_cache.fetch, cold,
-                    loads=lambda: cold_loader.calls, title="cold open", **surge_options)]
+    surges = [play_surge(client, db, celebrity, cold_cache.fetch, cold,
+                         loads=lambda: cold_loader.calls, title="cold open", **surge_options)]
 
     # 2. Warmed: the watcher sees the post on the stream and stores the page.
-    reader_loader, warm_loader = PageLoader(db), PageLoader(db)
-    warmed = Row("surge: warmed")
+    reader_loader = CountingLoader(db.account_page)
+    warm_loader = CountingLoader(db.account_page)  # the watcher's
+    warmed = TrafficRow("surge: warmed")
     warmed_cache = CacheAside(client, namespace=server.keys("page-warmed"), loader=reader_loader,
                               ttl_s=page_ttl_s)
     warmer = Warmer(client, namespace=server.keys("page-warmed"), loader=warm_loader,
                     ttl_s=page_ttl_s, accounts={celebrity})
     watcher = lab.enter_context(StreamWatcher(client, stream, warmer.on_entry, block_ms=100))
-    warm_surge = surge(client, db, celebrity, warmed_cache.fetch, warmed,
-                       loads=lambda: reader_loader.calls, title="warm welcome",
-                       settle=watcher.stop, **surge_options)  # joined before the counts
+    warm_surge = play_surge(client, db, celebrity, warmed_cache.fetch, warmed,
+                            loads=lambda: reader_loader.calls, title="warm welcome",
+                            settle=watcher.stop, **surge_options)  # joined before the counts
     surges.append(warm_surge)
     warm = next((r for r in warmer.records if r.entry_id == warm_surge.entry_id), None)
 
     # 3. Lock: a cold cache again, but only the lock's holder loads.
-    lock_loader = PageLoader(db)
-    locked = Row("surge: lock")
+    lock_loader = CountingLoader(db.account_page)
+    locked = TrafficRow("surge: lock")
     lock_cache = LockedCache(client, namespace=server.keys("page-lock"), loader=lock_loader,
                              ttl_s=page_ttl_s, lock_ttl_ms=lock_ttl_ms)
-    surges.append(surge(client, db, celebrity, lock_cache.fetch, locked,
-                        loads=lambda: lock_loader.calls, title="locked in", **surge_options))
+    surges.append(play_surge(client, db, celebrity, lock_cache.fetch, locked,
+                             loads=lambda: lock_loader.calls, title="locked in",
+                             **surge_options))
 
     # 4. Steady traffic across expiries of a short-lived entry.
     expected = db.account_page(celebrity)  # the truth, read before the counts start
-    steady_options: dict[str, Any] = {
-        "rate": steady_rate, "duration_s": steady_s, "readers": steady_readers,
-        "ttl_s": expiry_ttl_s, "lock_ttl_ms": lock_ttl_ms, "keys": server.keys}
-    unprotected = Row("steady: no guard")
-    steady(lab, client, db, celebrity, expected, unprotected, namespace="steady-none", beta=0,
-           lock=False, **steady_options)
-    published = Row("steady: XFetch")
-    steady(lab, client, db, celebrity, expected, published, namespace="steady-xfetch",
-           beta=beta, lock=False, **steady_options)
-    xfetch = Row("steady: XFetch+lock")
-    xfetch_cache = steady(lab, client, db, celebrity, expected, xfetch,
-                          namespace="steady-xfetch-lock", beta=beta, lock=True,
-                          **steady_options)
+
+    def steady(strategy: str, namespace: str, *, beta: float,
+               lock: bool) -> tuple[TrafficRow, XFetchCache[int]]:
+        """Steady traffic through XFetch on its own keys, its draws seeded by
+        ``namespace`` alone, so that a seed repeats them whatever the server's prefix."""
+        loader = CountingLoader(db.account_page)
+        cache = XFetchCache(client, namespace=server.keys(namespace), loader=loader,
+                            ttl_s=expiry_ttl_s, beta=beta, lock=lock, lock_ttl_ms=lock_ttl_ms,
+                            rng=lab.rng(namespace))
+        row = TrafficRow(strategy)
+        play_steady(cache, loader, db, celebrity, expected, row, rate=steady_rate,
+                    duration_s=steady_s, readers=steady_readers)
+        return row, cache
+
+    unprotected, _ = steady("steady: no guard", "steady-none", beta=0, lock=False)
+    published, _ = steady("steady: XFetch", "steady-xfetch", beta=beta, lock=False)
+    xfetch, xfetch_cache = steady("steady: XFetch+lock", "steady-xfetch-lock", beta=beta,
+                                  lock=True)
     rows = [cold, warmed, locked, unprotected, published, xfetch]
 
     # What the measurements say.

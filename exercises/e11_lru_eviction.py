@@ -12,33 +12,26 @@ and SIEVE in a simulator at the same capacity.
 from __future__ import annotations
 
 import statistics
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated
 
 from cachelab.caching.eviction import (
-    Op,
-    OpCounts,
+    COLD_TTL_S,
+    PolicyRun,
     SamplingTrial,
-    apply_ops,
-    freeze,
-    held_keys,
+    build_stream,
     lru_sampling_trial,
     measure_capacity,
     parse_policies,
     replay_cache_aside,
-    wait_for_lru_tick,
+    reply_batch,
 )
 from cachelab.caching.simulate import RandomEviction, miss_ratios, replay
 from cachelab.errors import UsageError
 from cachelab.exercise import ExerciseInfo, Opt, Result
 from cachelab.workload.measure import key_sampler
-from cachelab.workload.redis_info import counter_delta, keyspace_counters, lru_clock, stat
+from cachelab.workload.redis_info import counter_delta, keyspace_counters, stat
 
 if TYPE_CHECKING:
-    import random
-
-    import redis
-
     from cachelab.lab import Lab
 
 INFO = ExerciseInfo(
@@ -91,91 +84,6 @@ DEFAULT_POLICIES = ("allkeys-lru,allkeys-lfu,allkeys-random,volatile-lru,volatil
                     "noeviction")
 REQUIRED = ("allkeys-lru", "allkeys-random", "noeviction")  # the checks compare these
 HOT_SURVIVAL_NEEDED = 0.95
-PREFILL_SHARE = 0.95  # of the room beside the hot set: round 0 stops just short of full
-REPLY_BUDGET_BYTES = 64 * 1024  # per pipelined batch: Redis buffers the replies in maxmemory
-COLD_TTL_S = (600, 3600)  # long enough that nothing expires during the run
-
-
-@dataclass
-class Stream:
-    """The seeded stream every policy's server gets, in rounds one LRU tick apart."""
-
-    hot: list[str]
-    cold_ttl_s: dict[str, int]
-    rounds: list[list[Op]]
-
-    @property
-    def keys_written(self) -> int:
-        return len(self.hot) + len(self.cold_ttl_s)
-
-
-@dataclass
-class PolicyRun:
-    """One policy's server, the stream's effect on it, and what was left."""
-
-    policy: str
-    client: redis.Redis
-    counts: OpCounts
-    clock: int = 0
-    evicted_keys: int = 0
-    expired_keys: int = 0
-    hot_kept: int = 0
-    cold_kept: list[str] = field(default_factory=list)
-
-
-def build_stream(rng: random.Random, *, capacity: int, hot_share: float,
-                 turnover: float) -> Stream:
-    """Cold keys to just short of full; one second later the hot set; then, each second,
-    a read of every hot key followed by more hot reads mixed with a batch of cold keys.
-
-    Redis's LRU clock counts seconds, so keys written in the same second tie. The hot
-    set is written a second after the first cold keys, and every later round reads it
-    before writing; a batch is half the room beside the hot set, so the cache always
-    holds cold keys older than the hot keys' last read for LRU to evict first.
-    """
-    hot = [f"hot:{i}" for i in range(max(1, round(hot_share * capacity)))]
-    room = max(2, capacity - len(hot))
-    total_cold = max(room, round(turnover * capacity))
-    cold = [f"cold:{i}" for i in range(total_cold)]
-    cold_ttl_s = {key: rng.randint(*COLD_TTL_S) for key in cold}
-    prefill = min(total_cold, int(PREFILL_SHARE * room))
-    rounds: list[list[Op]] = [[("set", key, cold_ttl_s[key]) for key in cold[:prefill]],
-                              [("set", key, 0) for key in hot]]
-    batch = max(1, room // 2)
-    for start in range(prefill, total_cold, batch):
-        first_pass = rng.sample(hot, len(hot))
-        mixed: list[Op] = ([("set", key, cold_ttl_s[key]) for key in cold[start:start + batch]]
-                           + [("get", rng.choice(hot), 0) for _ in hot])
-        rng.shuffle(mixed)
-        rounds.append([("get", key, 0) for key in first_pass] + mixed)
-    return Stream(hot, cold_ttl_s, rounds)
-
-
-def play_stream(lab: Lab, runs: list[PolicyRun], stream: Stream, value: str) -> None:
-    """Play every round on every server, each round after that server's LRU clock ticked."""
-    # Replies to a batch of GETs wait in Redis's memory until sent, and evict like data.
-    batch = max(1, min(32, REPLY_BUDGET_BYTES // len(value)))
-    progress: dict[str, object] = {"round": 0, "of": len(stream.rounds)}
-    with lab.live("Eviction under maxmemory", lambda: dict(progress)):
-        for number, ops in enumerate(lab.track(stream.rounds, "rounds, one LRU tick apart",
-                                               len(stream.rounds))):
-            for run in runs:
-                if number:
-                    wait_for_lru_tick(run.client, run.clock)
-                apply_ops(run.client, ops, value, run.counts, batch=batch)
-                run.clock = lru_clock(run.client)
-                progress[f"evicted ({run.policy})"] = stat(run.client, "evicted_keys")
-            progress["round"] = number + 1
-
-
-def inspect(run: PolicyRun, stream: Stream) -> None:
-    """Freeze the cache, then read Redis's counters and see which keys are left."""
-    freeze(run.client)
-    stats = run.client.info("stats")
-    run.evicted_keys, run.expired_keys = int(stats["evicted_keys"]), int(stats["expired_keys"])
-    held = held_keys(run.client)
-    run.hot_kept = sum(key in held for key in stream.hot)
-    run.cold_kept = [key for key in stream.cold_ttl_s if key in held]
 
 
 def run(
@@ -234,11 +142,20 @@ def run(
     stream = build_stream(lab.rng("stream"), capacity=capacity.keys, hot_share=hot_share,
                           turnover=turnover)
     runs = [PolicyRun(policy, lab.redis(f"policy-{policy}", maxmemory=str(maxmemory),
-                                        maxmemory_policy=policy), OpCounts())
+                                        maxmemory_policy=policy))
             for policy in chosen]
-    play_stream(lab, runs, stream, value)
+    batch = reply_batch(len(value))
+    progress: dict[str, object] = {"round": 0, "of": len(stream.rounds)}
+    with lab.live("Eviction under maxmemory", lambda: dict(progress)):
+        for number, ops in enumerate(lab.track(stream.rounds, "rounds, one LRU tick apart",
+                                               len(stream.rounds))):
+            for policy_run in runs:
+                policy_run.play_round(ops, value, batch=batch, next_tick=number > 0)
+                progress[f"evicted ({policy_run.policy})"] = stat(policy_run.client,
+                                                                  "evicted_keys")
+            progress["round"] = number + 1
     for policy_run in runs:
-        inspect(policy_run, stream)
+        policy_run.inspect(stream)
     by_policy = {r.policy: r for r in runs}
     hot_n = len(stream.hot)
 

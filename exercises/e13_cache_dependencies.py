@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from datetime import date, timedelta
 from typing import TYPE_CHECKING, Annotated, Any
 
 from cachelab.caching import QueryCache
 from cachelab.caching.dependencies import (
-    Change,
     ChangeNotifier,
     DependencyIndex,
     DependentQueryCache,
@@ -28,21 +26,13 @@ from cachelab.caching.dependencies import (
     table_tags,
 )
 from cachelab.exercise import ExerciseInfo, Opt, Result
-from cachelab.shop.database import (
-    CATEGORIES,
-    CITIES,
-    DAYS,
-    FIRST_DAY,
-    REPORT_SQL,
-    report_parameter_sets,
-)
+from cachelab.shop.database import REPORT_SQL, report_parameter_sets
+from cachelab.shop.report_dependencies import REPORT_CONTEXT, report_rule, report_tags
+from cachelab.shop.writes import apply_write, write_stream
 from cachelab.workload.measure import key_sampler
 
 if TYPE_CHECKING:
-    import random
-
     from cachelab.lab import Lab
-    from cachelab.shop.database import ShopDatabase
 
 INFO = ExerciseInfo(
     id="exercise-13",
@@ -94,136 +84,6 @@ INFO = ExerciseInfo(
 DEPENDENT_TABLES = ("orders", "order_items", "products", "categories", "users")
 UNRELATED_TABLES = ("comments", "profiles", "posts", "accounts")
 
-# What a row-level rule needs to know of a changed row beyond its own columns, captured
-# by the trigger in the same transaction ({row} is OLD or NEW).
-CONTEXT = {
-    "orders": {"city": "SELECT city FROM users WHERE id = {row}.user_id"},
-    "order_items": {
-        "ordered_on": "SELECT ordered_on FROM orders WHERE id = {row}.order_id",
-        "status": "SELECT status FROM orders WHERE id = {row}.order_id",
-        "city": "SELECT u.city FROM orders o JOIN users u ON u.id = o.user_id "
-                "WHERE o.id = {row}.order_id"},
-    "products": {"category": "SELECT name FROM categories WHERE id = {row}.category_id"},
-}
-
-
-def report_tags(params: tuple[Any, ...], rows: list[dict[str, Any]]) -> set[str]:
-    """Row-level tags of one report: each (city, day) it sums, its city, its categories.
-
-    Categories come from the result itself: a product that moves between categories
-    changes an entry only if that entry already counts the product's old category.
-    """
-    start, end, city = params
-    first, last = date.fromisoformat(start), date.fromisoformat(end)
-    days = ((first + timedelta(days=n)).isoformat() for n in range((last - first).days + 1))
-    return ({f"sale:{city}:{day}" for day in days} | {f"city:{city}"}
-            | {f"category:{row['category']}" for row in rows})
-
-
-# The columns of each table whose values the report can see; an update that leaves them
-# all as they were cannot change any result.
-_RELEVANT = {
-    "orders": ("id", "city", "ordered_on", "counted"),
-    "order_items": ("order_id", "product_id", "quantity", "price_cents", "city",
-                    "ordered_on", "counted"),
-    "products": ("id", "category"),
-    "categories": ("id", "name"),
-    "users": ("id", "city"),
-}
-
-
-def report_rule(change: Change) -> set[str]:
-    """Row-level tags a change touches: the sales, city or categories it can alter."""
-    relevant = _RELEVANT.get(change.table)
-    if relevant is None:
-        return set()
-    images = [{**image, "counted": image.get("status") != "refunded"}
-              for image in change.images()]
-    if len(images) == 2 and all(images[0].get(c) == images[1].get(c) for c in relevant):
-        return set()
-    tags: set[str] = set()
-    for image in images:
-        if change.table in ("orders", "order_items"):
-            if image["counted"] and image.get("city") is not None:
-                tags.add(f"sale:{image['city']}:{image['ordered_on']}")
-        elif change.table == "products":
-            tags.add(f"category:{image['category']}")
-        elif change.table == "categories":
-            tags.add(f"category:{image['name']}")
-        else:
-            tags.add(f"city:{image['city']}")
-    return tags
-
-
-WRITE_KINDS = {  # kind: (weight, table it changes)
-    "new order": (3.0, "orders"), "order status": (3.0, "orders"),
-    "item quantity": (1.0, "order_items"), "cancel order": (0.5, "orders"),
-    "product price": (2.0, "products"), "product category": (1.0, "products"),
-    "category rename": (0.5, "categories"), "user moves": (1.0, "users"),
-    "new comment": (2.0, "comments"), "profile edit": (2.0, "profiles"),
-}
-
-
-def write(db: ShopDatabase, kind: str, rng: random.Random) -> int:
-    """Make one application write of ``kind``; returns the rows it changed."""
-    size = db.size
-    if kind == "new order":
-        order_id = int(db.rows("SELECT COALESCE(MAX(id), 0) + 1 AS n FROM orders")[0]["n"])
-        day = (FIRST_DAY + timedelta(days=rng.randrange(DAYS))).isoformat()
-        rows = db.execute("INSERT INTO orders (id, user_id, ordered_on, status) "
-                          "VALUES (?, ?, ?, 'paid')", [order_id, rng.randint(1, size.users), day])
-        for _ in range(rng.randint(1, 3)):
-            rows += db.execute("INSERT INTO order_items (order_id, product_id, quantity, "
-                               "price_cents) SELECT ?, id, ?, price_cents FROM products "
-                               "WHERE id = ?",
-                               [order_id, rng.randint(1, 4), rng.randint(1, size.products)])
-        return rows
-    if kind == "order status":
-        return db.execute("UPDATE orders SET status = ? WHERE id = ?",
-                          [rng.choice(("paid", "shipped", "shipped", "refunded")),
-                           rng.randint(1, size.orders)])
-    if kind == "item quantity":
-        last = int(db.rows("SELECT MAX(rowid) AS n FROM order_items")[0]["n"])
-        return db.execute("UPDATE order_items SET quantity = quantity + 1 WHERE rowid = ?",
-                          [rng.randint(1, last)])
-    if kind == "cancel order":
-        order_id = rng.randint(1, size.orders)
-        return (db.execute("DELETE FROM order_items WHERE order_id = ?", [order_id])
-                + db.execute("DELETE FROM orders WHERE id = ?", [order_id]))
-    if kind == "product price":
-        return db.execute("UPDATE products SET price_cents = ?, stock = stock + 1, "
-                          "version = version + 1 WHERE id = ?",
-                          [rng.randint(199, 19999), rng.randint(1, size.products)])
-    if kind == "product category":
-        return db.execute("UPDATE products SET category_id = ? WHERE id = ?",
-                          [rng.randint(1, len(CATEGORIES)), rng.randint(1, size.products)])
-    if kind == "category rename":
-        return db.execute("UPDATE categories SET name = CASE WHEN name LIKE '%+' "
-                          "THEN substr(name, 1, length(name) - 1) ELSE name || '+' END "
-                          "WHERE id = ?", [rng.randint(1, len(CATEGORIES))])
-    if kind == "user moves":
-        return db.execute("UPDATE users SET city = ? WHERE id = ?",
-                          [rng.choice(CITIES), rng.randint(1, size.users)])
-    if kind == "new comment":
-        db.post_comment(rng.randint(1, size.posts), rng.randint(1, size.users), "dependency")
-        return 1
-    if kind == "profile edit":
-        return db.execute("UPDATE profiles SET bio = ?, version = version + 1 "
-                          "WHERE user_id = ?", [f"edited {rng.random():.6f}",
-                                                rng.randint(1, size.users)])
-    raise ValueError(f"unknown write {kind!r}")
-
-
-def write_stream(rng: random.Random, operations: int, write_ratio: float) -> list[str | None]:
-    """The seeded stream: ``None`` is a read; every kind of write appears at least once."""
-    writes = max(len(WRITE_KINDS), round(operations * write_ratio))
-    kinds = list(WRITE_KINDS)
-    weights = [weight for weight, _ in WRITE_KINDS.values()]
-    chosen = kinds + rng.choices(kinds, weights, k=writes - len(kinds))
-    stream: list[str | None] = [*chosen, *([None] * max(1, operations - writes))]
-    rng.shuffle(stream)
-    return stream
-
 
 def run(
     lab: Lab,
@@ -239,7 +99,7 @@ def run(
     server = lab.redis_server()
     client = lab.closing(server.client())
     db = lab.shop()
-    install_change_capture(db.path, DEPENDENT_TABLES + UNRELATED_TABLES, CONTEXT)
+    install_change_capture(db.path, DEPENDENT_TABLES + UNRELATED_TABLES, REPORT_CONTEXT)
 
     indexes = {"table": DependencyIndex(client, prefix=server.keys("deps-table")),
                "row": DependencyIndex(client, prefix=server.keys("deps-row"))}
@@ -305,7 +165,7 @@ def run(
             continue
 
         before = {policy: cached(policy) for policy in ("table", "row")}
-        rows_written += write(db, op, rng)
+        rows_written += apply_write(db, op, rng)
         writes += 1
         fresh.clear()
         done = notifier.drain()

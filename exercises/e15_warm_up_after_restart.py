@@ -10,23 +10,18 @@ a warmed one, and one restored from an RDB snapshot, window by window.
 
 from __future__ import annotations
 
-import time
 from collections import Counter
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 from cachelab.caching.cache_aside import CacheAside
 from cachelab.caching.warmup import AccessRecorder, TopKWarmer, lfu_top, topk_overlap
 from cachelab.exercise import ExerciseInfo, Opt, Result
 from cachelab.workload.measure import key_sampler, ratio
+from cachelab.workload.redis_info import key_values
+from cachelab.workload.restart import Restarter, WindowedStart
 
 if TYPE_CHECKING:
-    import redis
-
     from cachelab.lab import Lab
-    from cachelab.servers.redis_server import RedisServer
-    from cachelab.shop.database import ShopDatabase
 
 INFO = ExerciseInfo(
     id="exercise-15",
@@ -73,112 +68,6 @@ INFO = ExerciseInfo(
 )
 
 MIN_OVERLAP = 0.9
-SNAPSHOT = "snapshot.rdb"  # dump.rdb moved aside: a name redis-server does not load
-
-# The profile query of ShopDatabase.user_profile, for many ids in one round trip.
-PROFILES_SQL = """
-    SELECT u.id, u.name, u.email, u.city, p.bio, p.theme, p.version
-    FROM users u JOIN profiles p ON p.user_id = u.id WHERE u.id IN ({ids})"""
-
-
-def load_profiles(db: ShopDatabase, ids: Sequence[int]) -> dict[int, dict[str, Any]]:
-    """Profiles of ``ids`` in one counted query, each equal to ``db.user_profile(id)``."""
-    rows = db.query(PROFILES_SQL.format(ids=",".join("?" * len(ids))), list(ids))
-    return {row["id"]: row for row in rows}
-
-
-@dataclass
-class Start:
-    """One restart and the post-restart stream played on it."""
-
-    name: str
-    restart_s: float
-    keys_at_start: int
-    hits: list[int] = field(default_factory=list)      # per window
-    db_reads: list[int] = field(default_factory=list)  # per window
-    requests: list[int] = field(default_factory=list)  # per window
-
-    def window_ratio(self, i: int) -> float:
-        return ratio(self.hits[i], self.requests[i])
-
-    @property
-    def hit_ratio(self) -> float:
-        return ratio(sum(self.hits), sum(self.requests))
-
-
-@dataclass(frozen=True)
-class Restart:
-    """What one restart did, as read back from the new process."""
-
-    seconds: float  # from starting the process to its first PONG (loading included)
-    old_run_id: str
-    new_run_id: str
-    had_dump: bool  # a dump.rdb was in the folder when the process started
-    keys: int
-
-    @property
-    def new_process(self) -> bool:
-        return self.old_run_id != self.new_run_id
-
-    def describe(self) -> str:
-        return (f"run_id {self.old_run_id[:6]}→{self.new_run_id[:6]}, "
-                f"{'a' if self.had_dump else 'no'} dump.rdb, {self.keys} keys")
-
-
-class Restarter:
-    """Restarts one cache server for real and hands out a client of the new process."""
-
-    def __init__(self, lab: Lab, server: RedisServer) -> None:
-        self.lab = lab
-        self.server = server
-        self.client = self._connect()
-
-    def _connect(self) -> redis.Redis:
-        from redis.backoff import NoBackoff
-        from redis.retry import Retry
-
-        # No retries: a command to a stopped server should fail now, not after backoff.
-        client = self.server.client(retry=Retry(NoBackoff(), 0))
-        self.lab.callback(client.close)
-        return client
-
-    def restart(self, *, with_snapshot: bool = False) -> Restart:
-        """Stop the process and start a new one in the same folder, on a new port.
-
-        With ``with_snapshot`` the saved snapshot is put back as dump.rdb first, which
-        redis-server loads at start-up; without it the folder holds no dump.rdb.
-        """
-        old_id = str(self.client.info("server")["run_id"])
-        self.client.close()
-        self.server.stop()
-        dump, snapshot = self.server.dir / "dump.rdb", self.server.dir / SNAPSHOT
-        if with_snapshot:
-            snapshot.replace(dump)
-        had_dump = dump.exists()
-        start = time.perf_counter()
-        self.server.start()
-        seconds = time.perf_counter() - start
-        self.client = self._connect()
-        return Restart(seconds, old_id, str(self.client.info("server")["run_id"]), had_dump,
-                       self.client.dbsize())
-
-
-def key_values(client: redis.Redis, pattern: str) -> dict[str, Any]:
-    """Every key matching ``pattern`` with its value, read back from Redis."""
-    keys = sorted(client.scan_iter(pattern, count=1000))
-    return dict(zip(keys, client.mget(keys), strict=True)) if keys else {}
-
-
-def play(lab: Lab, start: Start, profiles: CacheAside[int], db: ShopDatabase,
-         stream: list[int], window: int) -> None:
-    """Serve ``stream`` through ``profiles``, counting hits and database reads per window."""
-    for i in lab.track(range(0, len(stream), window), f"after restart ({start.name})",
-                       -(-len(stream) // window)):
-        chunk = stream[i:i + window]
-        q0 = db.queries
-        start.hits.append(sum(profiles.fetch(user_id)[1] for user_id in chunk))
-        start.db_reads.append(db.queries - q0)
-        start.requests.append(len(chunk))
 
 
 def run(
@@ -199,7 +88,7 @@ def run(
     stats = lab.redis("stats")
     # LFU policy only so that OBJECT FREQ answers; with no maxmemory nothing is evicted.
     server = lab.own_redis_server("cache", maxmemory_policy="allkeys-lfu", dbfilename="dump.rdb")
-    cache = Restarter(lab, server)
+    cache = lab.closing(Restarter(server))
     db = lab.shop()
     top_k = min(top_k, db.size.users)
 
@@ -213,6 +102,12 @@ def run(
         return CacheAside(cache.client, namespace="user", loader=db.user_profile, ttl_s=ttl_s,
                           jitter=0.1, rng=lab.rng("ttl"))
 
+    def play(start: WindowedStart, profiles: CacheAside[int]) -> WindowedStart:
+        windows = lab.track(range(0, len(after), window), f"after restart ({start.name})",
+                            -(-len(after) // window))
+        start.play(profiles.fetch, after, windows, window, db_queries=lambda: db.queries)
+        return start
+
     # Phase 1: the cache at work, every read counted in the stats Redis.
     recorder = AccessRecorder(stats, key="access:user", flush_every=flush_every)
     profiles = cache_aside()
@@ -224,32 +119,28 @@ def run(
 
     # The snapshot for the RDB start, moved aside so the plain restarts load nothing.
     saved = key_values(cache.client, "user:*")
-    cache.client.save()
-    (server.dir / "dump.rdb").replace(server.dir / SNAPSHOT)
+    cache.set_snapshot_aside()
 
     # Cold: a new, empty process.
     plain = [cache.restart()]
-    cold = Start("cold", plain[0].seconds, plain[0].keys)
-    play(lab, cold, cache_aside(), db, after, window)
+    cold = play(WindowedStart("cold", plain[0]), cache_aside())
 
     # Warm: a new, empty process, loaded with the recorded top K before the stream.
     plain.append(cache.restart())
-    warm = Start("warm", plain[1].seconds, plain[1].keys)
     profiles = cache_aside()
-    warmer = TopKWarmer(recorder, parse=int, load_many=lambda ids: load_profiles(db, ids),
+    warmer = TopKWarmer(recorder, parse=int, load_many=db.user_profiles,
                         rng=lab.rng("warm-ttl"))
     q0 = db.queries
     report = warmer.warm(profiles, top_k)
     warmup_db_reads = db.queries - q0
     warmed_keys = cache.client.dbsize()
-    play(lab, warm, profiles, db, after, window)
+    warm = play(WindowedStart("warm", plain[1]), profiles)
 
     # RDB: a new process that loads the snapshot taken before the first restart.
     from_rdb = cache.restart(with_snapshot=True)
     restored = key_values(cache.client, "user:*")
-    rdb = Start("rdb", from_rdb.seconds, from_rdb.keys)
     kept = sum(restored.get(key) == value for key, value in saved.items())
-    play(lab, rdb, cache_aside(), db, after, window)
+    rdb = play(WindowedStart("rdb", from_rdb), cache_aside())
 
     overlap = topk_overlap(report.items, true_counts, top_k)
     lfu_overlap = topk_overlap(lfu, true_counts, top_k)
@@ -267,11 +158,11 @@ def run(
                   for s in starts})
     result.table("Restarts", ["start", "restart s", "keys at start", "start-up db reads",
                               "db reads after", "hit ratio after"],
-                 [[cold.name, cold.restart_s, cold.keys_at_start, 0, sum(cold.db_reads),
+                 [[cold.name, cold.restart.seconds, cold.restart.keys, 0, sum(cold.db_reads),
                    cold.hit_ratio],
-                  [warm.name, warm.restart_s, warmed_keys, warmup_db_reads,
+                  [warm.name, warm.restart.seconds, warmed_keys, warmup_db_reads,
                    sum(warm.db_reads), warm.hit_ratio],
-                  [rdb.name, rdb.restart_s, rdb.keys_at_start, 0, sum(rdb.db_reads),
+                  [rdb.name, rdb.restart.seconds, rdb.restart.keys, 0, sum(rdb.db_reads),
                    rdb.hit_ratio]])
     result.table("Recorded top K (first ten)", ["rank", "user", "recorded reads",
                                                  "reads in the trace"],
@@ -289,7 +180,7 @@ def run(
         "rdb_hit_ratio": rdb.hit_ratio, "db_reads_cold": sum(cold.db_reads),
         "db_reads_warm": sum(warm.db_reads), "db_reads_rdb": sum(rdb.db_reads),
         "snapshot_keys": len(saved), "rdb_keys_restored": len(restored),
-        "plain_restart_s": cold.restart_s, "rdb_restart_s": rdb.restart_s,
+        "plain_restart_s": cold.restart.seconds, "rdb_restart_s": rdb.restart.seconds,
     })
 
     result.check("the recorded top K overlaps the true top K by at least 90%",

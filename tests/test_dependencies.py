@@ -19,21 +19,15 @@ from cachelab.caching.dependencies import (
     table_tags,
 )
 from cachelab.lab import Lab
-from cachelab.shop.database import ShopDatabase
-from exercises.e13_cache_dependencies import (
-    CONTEXT,
-    DEPENDENT_TABLES,
-    REPORT_SQL,
-    UNRELATED_TABLES,
-    report_rule,
-    report_tags,
-)
+from cachelab.shop.database import REPORT_SQL, ShopDatabase
+from cachelab.shop.report_dependencies import REPORT_CONTEXT, report_rule, report_tags
+from exercises.e13_cache_dependencies import DEPENDENT_TABLES, UNRELATED_TABLES
 
 
 @pytest.fixture
 def db(lab: Lab) -> ShopDatabase:
     shop = lab.shop()
-    install_change_capture(shop.path, DEPENDENT_TABLES + UNRELATED_TABLES, CONTEXT)
+    install_change_capture(shop.path, DEPENDENT_TABLES + UNRELATED_TABLES, REPORT_CONTEXT)
     return shop
 
 

@@ -10,6 +10,7 @@ from cachelab.caching.eviction import (
     EVICTION_POLICIES,
     OpCounts,
     apply_ops,
+    build_stream,
     freeze,
     held_keys,
     lru_sampling_trial,
@@ -20,7 +21,6 @@ from cachelab.caching.eviction import (
 )
 from cachelab.lab import Lab
 from cachelab.workload.redis_info import counter_delta, keyspace_counters, lru_clock, stat
-from exercises.e11_lru_eviction import build_stream
 
 VALUE = "v" * 1000
 

@@ -14,7 +14,6 @@ import redis
 from cachelab.caching import CacheAside
 from cachelab.caching.warmup import AccessRecorder, TopKWarmer, lfu_top, topk_overlap
 from cachelab.lab import Lab
-from exercises.e15_warm_up_after_restart import load_profiles
 
 
 class Source:
@@ -157,7 +156,7 @@ def test_bulk_profiles_equal_single_profile_reads(lab: Lab) -> None:
     ids = [1, 7, 42, db.size.users]
     before = db.queries
 
-    bulk = load_profiles(db, ids)
+    bulk = db.user_profiles(ids)
 
     assert db.queries == before + 1
     assert bulk == {i: db.user_profile(i) for i in ids}

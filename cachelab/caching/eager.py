@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
 
 from cachelab.caching.cache_aside import CacheStats
 
@@ -223,3 +224,69 @@ class WriteThrough(Generic[K]):
             self.stats.count("resynced")
             fixed += 1
         return fixed
+
+
+@contextmanager
+def refusing_writes(client: redis.Redis) -> Iterator[None]:
+    """While the block runs, Redis refuses every write command with OOM; reads and DEL
+    still work. A 1-byte ``maxmemory`` under noeviction: what a full eager cache without
+    TTLs runs into. The configuration is put back afterwards."""
+    config = client.config_get("maxmemory*")
+    client.config_set("maxmemory-policy", "noeviction")
+    client.config_set("maxmemory", 1)
+    try:
+        yield
+    finally:
+        client.config_set("maxmemory", str(config["maxmemory"]))
+        client.config_set("maxmemory-policy", str(config["maxmemory-policy"]))
+
+
+class FollowedRead(NamedTuple):
+    """One read after a refused cache write."""
+
+    value: Any
+    hit: bool
+
+
+@dataclass
+class RefusedWrite:
+    """A write-through update made while Redis refused writes, and the reads after it."""
+
+    outcome: WriteOutcome
+    truth: Any  # the row the database held after the update
+    failures: int  # cache write failures the strategy reported meanwhile
+    while_full: FollowedRead  # the next read, Redis still refusing writes
+    after: tuple[FollowedRead, FollowedRead]  # the two reads once memory is back
+    steps: list[list[object]]  # the story as table rows: step, cache, entry, version, equal
+
+
+def update_while_refusing_writes(client: redis.Redis, cache: WriteThrough[K], item: K,
+                                 now: Callable[[K], Any], **fields: Any) -> RefusedWrite:
+    """Update ``item`` through ``cache`` while Redis refuses writes, read it once while
+    Redis is still full and twice once it is not; ``now(item)`` is the database's row."""
+    failures_before = cache.stats.cache_write_failures
+    key = cache.key(item)
+
+    def version(value: Any) -> Any:
+        return value["version"] if value else None
+
+    with refusing_writes(client):
+        outcome = cache.update(item, **fields)
+        truth = now(item)
+        steps: list[list[object]] = [[
+            "update while Redis refuses writes",
+            f"refused: {(outcome.error or '').split(':')[0]}" if not outcome.cached
+            else "written", "deleted" if not client.exists(key) else "still there",
+            version(outcome.value), outcome.value == truth]]
+        while_full = FollowedRead(*cache.fetch(item))
+        steps.append(["next read, Redis still full", "hit" if while_full.hit else "miss",
+                      "refilled" if client.exists(key) else "absent", version(while_full.value),
+                      while_full.value == truth])
+    after = [FollowedRead(*cache.fetch(item)), FollowedRead(*cache.fetch(item))]
+    for label, read in zip(("read after memory is back", "and the read after it"), after,
+                           strict=True):
+        steps.append([label, "hit" if read.hit else "miss",
+                      "present" if client.exists(key) else "absent", version(read.value),
+                      read.value == truth])
+    return RefusedWrite(outcome, truth, cache.stats.cache_write_failures - failures_before,
+                        while_full, (after[0], after[1]), steps)

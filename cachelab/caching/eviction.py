@@ -352,3 +352,89 @@ def replay_cache_aside(client: redis.Redis, trace: Sequence[object], *, value_by
         replay.keys_held.append(int(held))
         replay.evicted.append(int(stats["evicted_keys"]))
     return replay
+
+
+#: TTLs of the cold keys of :func:`build_stream`, long enough that nothing expires in a run.
+COLD_TTL_S = (600, 3600)
+PREFILL_SHARE = 0.95  # of the room beside the hot set: round 0 stops just short of full
+REPLY_BUDGET_BYTES = 64 * 1024  # per pipelined batch: Redis buffers the replies in maxmemory
+
+
+@dataclass
+class EvictionStream:
+    """The seeded stream every policy's server gets, in rounds one LRU tick apart."""
+
+    hot: list[str]
+    cold_ttl_s: dict[str, int]
+    rounds: list[list[Op]]
+
+    @property
+    def keys_written(self) -> int:
+        return len(self.hot) + len(self.cold_ttl_s)
+
+
+def build_stream(rng: random.Random, *, capacity: int, hot_share: float,
+                 turnover: float) -> EvictionStream:
+    """Cold keys to just short of full; one second later the hot set; then, each second,
+    a read of every hot key followed by more hot reads mixed with a batch of cold keys.
+
+    Redis's LRU clock counts seconds, so keys written in the same second tie. The hot
+    set is written a second after the first cold keys, and every later round reads it
+    before writing; a batch is half the room beside the hot set, so the cache always
+    holds cold keys older than the hot keys' last read for LRU to evict first.
+    """
+    hot = [f"hot:{i}" for i in range(max(1, round(hot_share * capacity)))]
+    room = max(2, capacity - len(hot))
+    total_cold = max(room, round(turnover * capacity))
+    cold = [f"cold:{i}" for i in range(total_cold)]
+    cold_ttl_s = {key: rng.randint(*COLD_TTL_S) for key in cold}
+    prefill = min(total_cold, int(PREFILL_SHARE * room))
+    rounds: list[list[Op]] = [[("set", key, cold_ttl_s[key]) for key in cold[:prefill]],
+                              [("set", key, 0) for key in hot]]
+    batch = max(1, room // 2)
+    for start in range(prefill, total_cold, batch):
+        first_pass = rng.sample(hot, len(hot))
+        mixed: list[Op] = ([("set", key, cold_ttl_s[key]) for key in cold[start:start + batch]]
+                           + [("get", rng.choice(hot), 0) for _ in hot])
+        rng.shuffle(mixed)
+        rounds.append([("get", key, 0) for key in first_pass] + mixed)
+    return EvictionStream(hot, cold_ttl_s, rounds)
+
+
+def reply_batch(value_bytes: int) -> int:
+    """Commands per pipelined batch: replies to a batch of GETs wait in Redis's memory
+    until sent, and evict like data."""
+    return max(1, min(32, REPLY_BUDGET_BYTES // value_bytes))
+
+
+@dataclass
+class PolicyRun:
+    """One policy's server, the stream's effect on it, and what was left."""
+
+    policy: str
+    client: redis.Redis
+    counts: OpCounts = field(default_factory=OpCounts)
+    clock: int = 0
+    evicted_keys: int = 0
+    expired_keys: int = 0
+    hot_kept: int = 0
+    cold_kept: list[str] = field(default_factory=list)
+
+    def play_round(self, ops: Iterable[Op], value: str, *, batch: int,
+                   next_tick: bool) -> None:
+        """Apply one round, after the server's LRU clock ticked past the last round's
+        when ``next_tick``."""
+        if next_tick:
+            wait_for_lru_tick(self.client, self.clock)
+        apply_ops(self.client, ops, value, self.counts, batch=batch)
+        self.clock = lru_clock(self.client)
+
+    def inspect(self, stream: EvictionStream) -> None:
+        """Freeze the cache, then read Redis's counters and see which keys are left."""
+        freeze(self.client)
+        stats = self.client.info("stats")
+        self.evicted_keys = int(stats["evicted_keys"])
+        self.expired_keys = int(stats["expired_keys"])
+        held = held_keys(self.client)
+        self.hot_kept = sum(key in held for key in stream.hot)
+        self.cold_kept = [key for key in stream.cold_ttl_s if key in held]

@@ -117,3 +117,9 @@ def replication_lag_bytes(primary: redis.Redis, replicas: Sequence[redis.Redis])
     """How many bytes of the replication stream each replica has yet to apply."""
     head, offsets = replication_offsets(primary, replicas)
     return [max(0, head - offset) for offset in offsets]
+
+
+def key_values(client: redis.Redis, pattern: str) -> dict[Any, Any]:
+    """Every key matching ``pattern`` with its value, read back in key order."""
+    keys = sorted(client.scan_iter(pattern, count=1000))
+    return dict(zip(keys, client.mget(keys), strict=True)) if keys else {}
