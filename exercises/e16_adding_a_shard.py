@@ -16,21 +16,18 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, cast
 
 from cachelab.caching.resharding import (
     CLUSTER_SLOTS,
-    Audit,
-    ClusterNode,
+    TRAFFIC_COLUMNS,
     LiveTraffic,
     MigratingRouter,
-    MigrationReport,
-    Movement,
-    ReshardReport,
     SlotMigration,
-    TrafficCounts,
     audit,
+    await_one_slot_map,
+    cluster_nodes,
+    describe_movement,
     expected_moved_fraction,
     load,
     migrate_moved,
@@ -39,20 +36,14 @@ from cachelab.caching.resharding import (
     plan_reshard,
     read_all,
     slot_owners,
+    traffic_rows,
 )
 from cachelab.caching.sharding import ShardRing, key_slot
 from cachelab.exercise import ExerciseInfo, Opt, Result
-from cachelab.workload.poll import poll_until
+from cachelab.workload.redis_info import command_calls
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
-
-    import redis
-
     from cachelab.lab import Lab
-    from cachelab.servers.node import RedisNode
-    from cachelab.servers.redis_server import RedisServer
-    from cachelab.servers.topology import Cluster
 
 INFO = ExerciseInfo(
     id="exercise-16",
@@ -111,191 +102,6 @@ INFO = ExerciseInfo(
 TOLERANCE = 0.05
 PHASE_OPS = 100  # operations the traffic does before and after each move, at least
 SETTLE_S = 15.0  # the longest wait for every node to report the new slot map
-TRAFFIC_COLUMNS = ["phase", "ops", "reads", "writes", "errors", "wrong values", "missing"]
-
-
-@dataclass
-class Standalone:
-    """What the live migration between standalone shards measured."""
-
-    report: MigrationReport
-    router: MigratingRouter
-    traffic: LiveTraffic
-    audit: Audit
-    sizes_before: dict[str, int]
-    sizes_after: dict[str, int]
-    owned_after: dict[str, int]
-
-    @property
-    def migration_ops(self) -> int:
-        counts = self.traffic.counts.get("migrating")
-        return counts.ops if counts else 0
-
-    @property
-    def fallback_reads(self) -> int:
-        return self.router.counts.fallback + self.router.counts.reread
-
-
-@dataclass
-class Resharded:
-    """What the cluster reshard measured."""
-
-    report: ReshardReport
-    workload: LiveTraffic
-    audit: Audit
-    names: dict[str, str]  # node id -> server name
-    added: str
-    planned: set[int]
-    owners_before: list[str | None]
-    views: dict[str, list[str | None]]  # each node's slot map after
-    states: dict[str, str]  # each node's cluster_state after
-    keys_before: dict[str, int]
-    keys_after: dict[str, int]
-    keys_in_planned: int
-    ask_redirects: int
-
-    @property
-    def reshard_ops(self) -> int:
-        counts = self.workload.counts.get("resharding")
-        return counts.ops if counts else 0
-
-    @property
-    def owners_after(self) -> list[str | None]:
-        return self.views[self.added]
-
-
-def _traffic_row(phase: str, c: TrafficCounts) -> list[object]:
-    return [phase, c.ops, c.reads, c.writes, c.errors, c.wrong_values, c.missing]
-
-
-def _move_detail(name: str, moves: Movement, theory: float) -> str:
-    return (f"{name}: {len(moves.moved)}/{moves.total} keys moved = {moves.fraction:.3f}, "
-            f"theory {theory:.3f}, off by {abs(moves.fraction - theory):.3f}")
-
-
-def _clients(lab: Lab, servers: Sequence[RedisNode]) -> dict[str, redis.Redis]:
-    return {server.name: lab.closing(server.client()) for server in servers}
-
-
-def _asking_calls(server: RedisServer) -> int:
-    """ASKING commands the server received: each is a client following an ASK."""
-    from cachelab.workload.redis_info import info
-
-    return int(info(server, "commandstats").get("cmdstat_asking", {}).get("calls", 0))
-
-
-def _standalone(lab: Lab, names: list[str], ring_before: ShardRing, ring_after: ShardRing,
-                moves: Movement, values: dict[str, str], *, rate: float, write_ratio: float,
-                batch: int) -> Standalone:
-    """Load N shards by the old ring, add one, and migrate the moved keys under traffic."""
-    old, new = names[:-1], names[-1]
-    servers = [lab.redis_server(name) for name in old]
-    clients = _clients(lab, servers)
-    load(values, ring_before.shard_for, clients)
-    sizes_before = {name: clients[name].dbsize() for name in old}
-    new_server = lab.redis_server(new)
-    clients.update(_clients(lab, [new_server]))
-    addresses = {s.name: (s.host, s.port) for s in [*servers, new_server]}
-
-    router = MigratingRouter({name: clients[name] for name in old}, ring_before)
-    traffic = lab.enter_context(LiveTraffic(
-        router.get, router.set, values, rng=lab.rng("standalone traffic"),
-        write_ratio=write_ratio, rate_per_s=rate))
-    traffic.wait_for(PHASE_OPS)
-    router.begin(ring_after, {new: clients[new]})
-    traffic.phase = "migrating"
-    with lab.live("Standalone migration under traffic", traffic.snapshot):
-        report = migrate_moved(moves, clients, addresses, batch=batch)
-    router.finish()
-    traffic.phase = "after"
-    traffic.wait_for(PHASE_OPS)
-    traffic.stop()
-
-    found = {name: read_all(client) for name, client in clients.items()}
-    owned = Counter(ring_after.shard_for(key) for key in values)
-    return Standalone(
-        report, router, traffic,
-        audit(found, traffic.expected, ring_after.shard_for, also_accept=traffic.unsettled),
-        sizes_before, {name: len(keys) for name, keys in found.items()},
-        {name: owned.get(name, 0) for name in names})
-
-
-def _cluster_nodes(lab: Lab, masters: list[RedisServer]
-                   ) -> tuple[list[ClusterNode], dict[str, str]]:
-    """The masters as the resharding sees them, and each one's server name by node id."""
-    from cachelab.workload.redis_info import node_id
-
-    clients = _clients(lab, masters)
-    nodes = [ClusterNode(node_id(s), s.host, s.port, clients[s.name]) for s in masters]
-    return nodes, {node.node_id: s.name for node, s in zip(nodes, masters, strict=True)}
-
-
-def _reshard(lab: Lab, cluster: Cluster, added: RedisServer, values: dict[str, str], *,
-             rate: float, write_ratio: float, batch: int, slots_per_step: int,
-             shards_after: int) -> Resharded:
-    """Reshard an even share of the slots to ``added`` while a workload runs."""
-    from cachelab.workload.redis_info import info_cluster
-
-    # Known to all is not enough: until it has learnt the slot map (and its start-up
-    # delay passed) the new node answers CLUSTERDOWN, and refuses what MIGRATE sends.
-    cluster.wait_ok()
-    masters = cluster.masters()
-    nodes, names = _cluster_nodes(lab, masters)
-    target = next(node for node in nodes if names[node.node_id] == added.name)
-    owners_before = slot_owners(target.client)
-    plan = plan_reshard(owners_before, [n.node_id for n in nodes if n is not target],
-                        CLUSTER_SLOTS // shards_after)
-    planned = {slot for slots in plan.values() for slot in slots}
-    keys_before = {names[node.node_id]: node.client.dbsize() for node in nodes}
-    asking_before = _asking_calls(added)
-
-    client = lab.closing(cluster.client())
-    # The client decodes its replies, so a GET answers a str or None.
-    get = cast(Callable[[str], "str | None"], client.get)
-    workload = lab.enter_context(LiveTraffic(
-        get, client.set, values, rng=lab.rng("cluster workload"),
-        write_ratio=write_ratio, rate_per_s=rate))
-    workload.wait_for(PHASE_OPS)
-    migration = SlotMigration(nodes, target, plan, slots_per_step=slots_per_step,
-                              keys_per_migrate=batch)
-    workload.phase = "resharding"
-    with lab.live("Cluster reshard under a workload", workload.snapshot):
-        for _ in lab.track(migration.steps(), f"resharding {len(planned)} slots",
-                           migration.step_count):
-            pass
-    workload.phase = "after"
-
-    # Every master was told the new owners; wait (bounded) until all report them and ok.
-    # What they said last is what the checks judge, settled or not.
-    views: dict[str, list[str | None]] = {}
-    states: dict[str, str] = {}
-
-    def settled() -> bool:
-        nonlocal views, states
-        views = {names[node.node_id]: slot_owners(node.client) for node in nodes}
-        states = {m.name: info_cluster(m)["cluster_state"] for m in masters}
-        return (all(state == "ok" for state in states.values())
-                and len({tuple(view) for view in views.values()}) == 1)
-
-    poll_until(settled, timeout_s=SETTLE_S, interval_s=0.05, error=None,
-               what="every master to report one slot map and cluster_state:ok")
-    workload.wait_for(PHASE_OPS)
-    workload.stop()
-
-    owners_after = views[added.name]
-    found = {names[node.node_id]: read_all(node.client, cluster=True) for node in nodes}
-
-    def owner(key: str) -> str:
-        node_id = owners_after[key_slot(key)]
-        return names.get(node_id, "unowned") if node_id else "unowned"
-
-    return Resharded(
-        migration.report, workload,
-        audit(found, workload.expected, owner, also_accept=workload.unsettled),
-        names, added.name, planned, owners_before, views, states, keys_before,
-        {name: len(keys) for name, keys in found.items()},
-        sum(key_slot(key) in planned for key in values), _asking_calls(added) - asking_before)
-
 
 
 def run(
@@ -338,22 +144,97 @@ def run(
     # two seconds after it starts, a delay the standalone part below then hides.
     cluster = lab.cluster(masters=n, replicas=0, name="cluster")
     masters = cluster.masters()
-    nodes, node_names = _cluster_nodes(lab, masters)
+    nodes, node_names = cluster_nodes(
+        masters, {s.name: lab.closing(s.client()) for s in masters})
     owners = slot_owners(nodes[0].client)
     cluster_values = {f"user:{i}": f"user:{i}#0" for i in range(1, cluster_keys + 1)}
     load(cluster_values, lambda key: node_names[owners[key_slot(key)] or ""],
          {node_names[node.node_id]: node.client for node in nodes}, cluster=True)
     added = cluster.add_node()
 
-    # 2. Standalone shards, migrated live.
-    alone = _standalone(lab, names, ring_before, ring_after, ring, values, rate=rate,
-                        write_ratio=write_ratio, batch=migrate_batch)
-    # 3. Redis Cluster, resharded live.
-    cl = _reshard(lab, cluster, added, cluster_values, rate=rate, write_ratio=write_ratio,
-                  batch=migrate_batch, slots_per_step=slots_per_step, shards_after=n + 1)
+    # 2. Standalone shards: load N by the old ring, add one, migrate the moved keys
+    #    while a thread reads and writes through the application's router.
+    old = names[:-1]
+    servers = [lab.redis_server(name) for name in old]
+    clients = {server.name: lab.closing(server.client()) for server in servers}
+    load(values, ring_before.shard_for, clients)
+    sizes_before = {name: clients[name].dbsize() for name in old}
+    new_server = lab.redis_server(new_name)
+    clients[new_name] = lab.closing(new_server.client())
+    addresses = {s.name: (s.host, s.port) for s in [*servers, new_server]}
+    router = MigratingRouter({name: clients[name] for name in old}, ring_before)
+    traffic = lab.enter_context(LiveTraffic(
+        router.get, router.set, values, rng=lab.rng("standalone traffic"),
+        write_ratio=write_ratio, rate_per_s=rate))
+    traffic.wait_for(PHASE_OPS)
+    router.begin(ring_after, {new_name: clients[new_name]})
+    traffic.phase = "migrating"
+    with lab.live("Standalone migration under traffic", traffic.snapshot):
+        report = migrate_moved(ring, clients, addresses, batch=migrate_batch)
+    router.finish()
+    traffic.phase = "after"
+    traffic.wait_for(PHASE_OPS)
+    traffic.stop()
+    found = {name: read_all(client) for name, client in clients.items()}
+    audit_alone = audit(found, traffic.expected, ring_after.shard_for,
+                        also_accept=traffic.unsettled)
+    sizes_after = {name: len(keys) for name, keys in found.items()}
+    owned_by = Counter(ring_after.shard_for(key) for key in values)
+    owned_after = {name: owned_by.get(name, 0) for name in names}
+    migration_counts = traffic.counts.get("migrating")
+    migration_ops = migration_counts.ops if migration_counts else 0
+    fallback_reads = router.counts.fallback + router.counts.reread
 
-    report, reshard = alone.report, cl.report
-    live_alone, live_cluster = alone.traffic.total(), cl.workload.total()
+    # 3. Redis Cluster: reshard an even share of the slots to the new node while a
+    #    workload runs through redis-py's cluster client. Known to all is not enough:
+    #    until it has learnt the slot map (and its start-up delay passed) the new node
+    #    answers CLUSTERDOWN, and refuses what MIGRATE sends.
+    cluster.wait_ok()
+    masters = cluster.masters()
+    nodes, cl_names = cluster_nodes(
+        masters, {s.name: lab.closing(s.client()) for s in masters})
+    target = next(node for node in nodes if cl_names[node.node_id] == added.name)
+    owners_before = slot_owners(target.client)
+    plan = plan_reshard(owners_before, [n.node_id for n in nodes if n is not target],
+                        CLUSTER_SLOTS // (n + 1))
+    planned = {slot for slots in plan.values() for slot in slots}
+    keys_before = {cl_names[node.node_id]: node.client.dbsize() for node in nodes}
+    asking_before = command_calls(target.client, ["asking"])
+    cluster_client = lab.closing(cluster.client())
+    # The client decodes its replies, so a GET answers a str or None.
+    get = cast(Callable[[str], "str | None"], cluster_client.get)
+    workload = lab.enter_context(LiveTraffic(
+        get, cluster_client.set, cluster_values, rng=lab.rng("cluster workload"),
+        write_ratio=write_ratio, rate_per_s=rate))
+    workload.wait_for(PHASE_OPS)
+    migration = SlotMigration(nodes, target, plan, slots_per_step=slots_per_step,
+                              keys_per_migrate=migrate_batch)
+    workload.phase = "resharding"
+    with lab.live("Cluster reshard under a workload", workload.snapshot):
+        for _ in lab.track(migration.steps(), f"resharding {len(planned)} slots",
+                           migration.step_count):
+            pass
+    workload.phase = "after"
+    views, states = await_one_slot_map(nodes, cl_names, masters, SETTLE_S)
+    workload.wait_for(PHASE_OPS)
+    workload.stop()
+    owners_after = views[added.name]
+    found = {cl_names[node.node_id]: read_all(node.client, cluster=True) for node in nodes}
+
+    def owner(key: str) -> str:
+        node_id = owners_after[key_slot(key)]
+        return cl_names.get(node_id, "unowned") if node_id else "unowned"
+
+    audit_cluster = audit(found, workload.expected, owner, also_accept=workload.unsettled)
+    keys_after = {name: len(keys) for name, keys in found.items()}
+    keys_in_planned = sum(key_slot(key) in planned for key in cluster_values)
+    ask_redirects = command_calls(target.client, ["asking"]) - asking_before
+    reshard_counts = workload.counts.get("resharding")
+    reshard_ops = reshard_counts.ops if reshard_counts else 0
+
+    # 4. Measure and check: tables, metrics, then the claims.
+    reshard = migration.report
+    live_alone, live_cluster = traffic.total(), workload.total()
     result.table(f"Keys that change owner, {n} → {n + 1} shards ({keys} keys)",
                  ["routing", "moved", "fraction", "theory", "to the new shard",
                   "between old shards"],
@@ -363,23 +244,22 @@ def run(
                    len(ring.moved) - ring_between_old, ring_between_old]])
     result.table("Standalone shards: keys before and after the migration",
                  ["shard", "keys before", "keys after", "owned under the new ring"],
-                 [[name, alone.sizes_before.get(name, 0), alone.sizes_after[name],
-                   alone.owned_after[name]] for name in names])
+                 [[name, sizes_before.get(name, 0), sizes_after[name],
+                   owned_after[name]] for name in names])
     result.table("Standalone traffic through the router, by phase", TRAFFIC_COLUMNS,
-                 [_traffic_row(phase, c) for phase, c in alone.traffic.counts.items()])
+                 traffic_rows(traffic))
     result.table("Cluster masters: slots and keys before and after the reshard",
                  ["node", "slots before", "slots after", "keys before", "keys after",
                   "state"],
-                 [[name, cl.owners_before.count(node_id), cl.owners_after.count(node_id),
-                   cl.keys_before[name], cl.keys_after[name], cl.states[name]]
-                  for node_id, name in cl.names.items()])
+                 [[name, owners_before.count(node_id), owners_after.count(node_id),
+                   keys_before[name], keys_after[name], states[name]]
+                  for node_id, name in cl_names.items()])
     result.table("Cluster workload through redis-py's RedisCluster, by phase",
-                 TRAFFIC_COLUMNS, [_traffic_row(phase, c)
-                                   for phase, c in cl.workload.counts.items()])
+                 TRAFFIC_COLUMNS, traffic_rows(workload))
     result.table("The reshard", ["slots moved", "keys moved", "steps", "MIGRATE calls",
                                  "seconds", "ASK followed", "errors"],
                  [[reshard.slots_moved, reshard.keys_moved, reshard.steps,
-                   reshard.migrate_calls, reshard.seconds, cl.ask_redirects,
+                   reshard.migrate_calls, reshard.seconds, ask_redirects,
                    live_cluster.errors]])
 
     result.add_metrics({
@@ -388,78 +268,78 @@ def run(
         "moved_fraction_ring": ring.fraction, "expected_fraction_ring": theory_ring,
         "ring_moved_between_old_shards": ring_between_old,
         "keys_migrated": report.migrated, "newer_on_new_shard": report.newer_on_target,
-        "fallback_reads": alone.fallback_reads, "migration_ops": alone.migration_ops,
+        "fallback_reads": fallback_reads, "migration_ops": migration_ops,
         "migration_s": report.seconds,
-        "keys_lost_standalone": len(alone.audit.lost),
-        "keys_lost_cluster": len(cl.audit.lost),
-        "keys_lost": len(alone.audit.lost) + len(cl.audit.lost),
+        "keys_lost_standalone": len(audit_alone.lost),
+        "keys_lost_cluster": len(audit_cluster.lost),
+        "keys_lost": len(audit_alone.lost) + len(audit_cluster.lost),
         "cluster_keys": cluster_keys, "cluster_slots_moved": reshard.slots_moved,
-        "cluster_keys_moved": reshard.keys_moved, "new_node_keys": cl.keys_after[added.name],
-        "reshard_s": reshard.seconds, "reshard_ops": cl.reshard_ops,
-        "ask_redirects": cl.ask_redirects, "workload_errors": live_cluster.errors,
+        "cluster_keys_moved": reshard.keys_moved, "new_node_keys": keys_after[added.name],
+        "reshard_s": reshard.seconds, "reshard_ops": reshard_ops,
+        "ask_redirects": ask_redirects, "workload_errors": live_cluster.errors,
         "wrong_reads": (live_alone.wrong_values + live_alone.missing
                         + live_cluster.wrong_values + live_cluster.missing),
     })
 
     result.check("the ring moves within 0.05 of 1/(N+1) of the keys, all to the new shard",
                  abs(ring.fraction - theory_ring) <= TOLERANCE and ring_between_old == 0,
-                 _move_detail(f"ring with {vnodes} vnodes", ring, theory_ring)
+                 describe_movement(f"ring with {vnodes} vnodes", ring, theory_ring)
                  + f"; {ring_between_old} moved between old shards")
     result.check("modulo moves within 0.05 of N/(N+1) of the keys",
                  abs(modulo.fraction - theory_modulo) <= TOLERANCE,
-                 _move_detail("hash % N", modulo, theory_modulo)
+                 describe_movement("hash % N", modulo, theory_modulo)
                  + f"; {modulo.not_to(new_name)} of them between old shards")
     exact = (report.planned == report.settled == len(ring.moved)
-             and alone.sizes_after == alone.owned_after)
-    live_ok = (alone.migration_ops > 0 and live_alone.wrong_values == 0
+             and sizes_after == owned_after)
+    live_ok = (migration_ops > 0 and live_alone.wrong_values == 0
                and live_alone.missing == 0 and live_alone.errors == 0)
     result.check("exactly the moved keys migrated while traffic read and wrote",
                  exact and live_ok,
                  f"{report.migrated} keys moved by MIGRATE in {report.calls} calls + "
                  f"{report.newer_on_target} written on {new_name} first = {report.settled}"
                  f"/{len(ring.moved)} moved keys, {new_name} holds "
-                 f"{alone.sizes_after[new_name]}, "
-                 f"{'every' if alone.sizes_after == alone.owned_after else 'not every'} "
-                 f"shard holds what the new ring gives it; {alone.migration_ops} operations "
+                 f"{sizes_after[new_name]}, "
+                 f"{'every' if sizes_after == owned_after else 'not every'} "
+                 f"shard holds what the new ring gives it; {migration_ops} operations "
                  f"during the {report.seconds * 1000:.0f} ms migration: "
-                 f"{alone.fallback_reads} reads found on the old owner only, "
+                 f"{fallback_reads} reads found on the old owner only, "
                  f"{live_alone.wrong_values} wrong, {live_alone.missing} missing, "
                  f"{live_alone.errors} errors")
-    result.check("no key lost after the standalone migration", alone.audit.ok,
-                 f"scan of all {n + 1} shards: {alone.audit.describe()}, each on its owner "
+    result.check("no key lost after the standalone migration", audit_alone.ok,
+                 f"scan of all {n + 1} shards: {audit_alone.describe()}, each on its owner "
                  "under the new ring with the last value written")
     covered = sorted({sum(owner is not None for owner in view)
-                      for view in cl.views.values()})
-    maps = len({tuple(view) for view in cl.views.values()})
+                      for view in views.values()})
+    maps = len({tuple(view) for view in views.values()})
     result.check("the cluster covers all 16384 slots with cluster_state:ok",
                  covered == [CLUSTER_SLOTS] and maps == 1
-                 and all(state == "ok" for state in cl.states.values()),
+                 and all(state == "ok" for state in states.values()),
                  f"slots covered in the nodes' maps: {covered}, "
                  f"{'one slot map on every node' if maps == 1 else f'{maps} different maps'}"
                  "; cluster_state " + ", ".join(f"{name} {state}"
-                                                for name, state in cl.states.items()))
-    owned = {slot for slot, owner in enumerate(cl.owners_after)
-             if owner and cl.names.get(owner) == added.name}
-    new_keys = cl.keys_after[added.name]
+                                                for name, state in states.items()))
+    owned = {slot for slot, owner in enumerate(owners_after)
+             if owner and cl_names.get(owner) == added.name}
+    new_keys = keys_after[added.name]
     result.check("the new node owns slots and keys",
-                 owned == cl.planned and bool(owned)
-                 and new_keys == cl.keys_in_planned == reshard.keys_moved > 0,
-                 f"{added.name} owns {len(owned)} slots ({len(cl.planned)} planned) and "
-                 f"{new_keys} keys; {cl.keys_in_planned} keys hash to those slots, "
+                 owned == planned and bool(owned)
+                 and new_keys == keys_in_planned == reshard.keys_moved > 0,
+                 f"{added.name} owns {len(owned)} slots ({len(planned)} planned) and "
+                 f"{new_keys} keys; {keys_in_planned} keys hash to those slots, "
                  f"{reshard.keys_moved} moved by MIGRATE")
-    result.check("no key lost after the cluster reshard", cl.audit.ok,
-                 f"scan of all {len(cl.names)} masters: {cl.audit.describe()}, each on the "
+    result.check("no key lost after the cluster reshard", audit_cluster.ok,
+                 f"scan of all {len(cl_names)} masters: {audit_cluster.describe()}, each on the "
                  "node its slot belongs to, with the last value written")
-    errors = ", ".join(f"{count} {name}" for name, count in cl.workload.error_types.items())
+    errors = ", ".join(f"{count} {name}" for name, count in workload.error_types.items())
     result.check("the workload read and wrote through the reshard, no wrong value, "
                  "errors counted",
-                 cl.reshard_ops > 0 and live_cluster.wrong_values == 0
+                 reshard_ops > 0 and live_cluster.wrong_values == 0
                  and live_cluster.missing == 0,
-                 f"{cl.reshard_ops} operations during the {reshard.seconds:.2f} s reshard "
+                 f"{reshard_ops} operations during the {reshard.seconds:.2f} s reshard "
                  f"({live_cluster.ops} in all): {live_cluster.wrong_values} wrong, "
                  f"{live_cluster.missing} missing, {live_cluster.errors} errors"
                  + (f" ({errors})" if errors else "")
-                 + f"; {cl.ask_redirects} ASK redirects followed")
+                 + f"; {ask_redirects} ASK redirects followed")
 
     result.note("The router's migration mode is a choice: it could keep every operation on "
                 "the old owner until all keys moved, then switch, but writes made meanwhile "
@@ -467,7 +347,7 @@ def run(
                 "a read falls back to the old one: fallback_reads counts the reads that "
                 "would have missed had the application switched rings before the keys "
                 "moved.")
-    if cl.workload.error_types.get("AttributeError"):
+    if workload.error_types.get("AttributeError"):
         result.note("The AttributeErrors come from redis-py itself: an ASK that points to "
                     "the new node, before the client has seen that node own a slot (CLUSTER "
                     "SLOTS does not list a master without slots), finds no node to follow "

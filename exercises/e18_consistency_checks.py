@@ -16,23 +16,23 @@ delete.
 
 from __future__ import annotations
 
-import json
-import threading
-import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
-from cachelab.caching.consistency import KINDS, ConsistencyChecker, Finding
+from cachelab.caching.consistency import (
+    INJECTIONS,
+    KINDS,
+    ConsistencyChecker,
+    found,
+    inject,
+    profile_loader,
+    wrong_findings,
+)
 from cachelab.caching.leases import DoubleDeleteCache, LeaseCache, NaiveCache, VersionedCache
+from cachelab.caching.stale_set import race_all
 from cachelab.exercise import ExerciseInfo, Opt, Result
-from cachelab.workload.threads import ThreadGroup
 
 if TYPE_CHECKING:
-    import redis
-
     from cachelab.lab import Lab
-    from cachelab.shop.database import ShopDatabase
 
 INFO = ExerciseInfo(
     id="exercise-18",
@@ -87,161 +87,6 @@ INFO = ExerciseInfo(
 )
 
 # The same columns as ShopDatabase.user_profile, for many users in one query.
-PROFILES_SQL = """
-    SELECT u.id, u.name, u.email, u.city, p.bio, p.theme, p.version
-    FROM users u JOIN profiles p ON p.user_id = u.id WHERE u.id IN ({})"""
-
-# How each injection shows up, by the definitions above.
-INJECTIONS: dict[str, str] = {
-    "missed invalidation": "stale", "altered value": "stale", "orphan": "orphan",
-    "missing key": "missing",
-}
-
-
-def profile_loader(db: ShopDatabase) -> Callable[[Sequence[int]], Mapping[int, Any]]:
-    """``load_many`` for the checker: one counted query per batch of ids."""
-    def load_many(ids: Sequence[int]) -> Mapping[int, Any]:
-        if not ids:
-            return {}
-        rows = db.query(PROFILES_SQL.format(",".join("?" * len(ids))), list(ids))
-        return {row["id"]: row for row in rows}
-    return load_many
-
-
-def inject(lab: Lab, db: ShopDatabase, cache: redis.Redis, checker: ConsistencyChecker,
-           ids: Sequence[int], rate: float) -> dict[int, tuple[str, str]]:
-    """Break ``round(rate * len(ids))`` entries; returns id -> (injection, expected kind)."""
-    rng = lab.rng("inject")
-    chosen = rng.sample(list(ids), max(1, round(rate * len(ids))))
-    how = list(INJECTIONS)
-    truth = {}
-    for n, item in enumerate(chosen):
-        injection = how[n % len(how)]
-        if injection == "missed invalidation":
-            db.update_profile(item, bio=f"edited, invalidation lost ({n})")
-        elif injection == "altered value":
-            value = json.loads(cache.get(checker.key(item)) or "{}")
-            value["bio"] = f"{value.get('bio', '')} (written by a buggy deploy)"
-            cache.set(checker.key(item), json.dumps(value), keepttl=True)
-        elif injection == "orphan":
-            db.execute("DELETE FROM profiles WHERE user_id = ?", [item])
-            db.execute("DELETE FROM users WHERE id = ?", [item])
-        else:
-            cache.delete(checker.key(item))
-        truth[item] = (injection, INJECTIONS[injection])
-    return truth
-
-
-def wrong_findings(findings: Sequence[Finding], truth: Mapping[int, tuple[str, str]]) -> int:
-    """Findings that are not an injected inconsistency of that very kind."""
-    return sum(truth.get(f.item, ("", ""))[1] != f.kind for f in findings)
-
-
-def found(findings: Sequence[Finding], truth: Mapping[int, tuple[str, str]]) -> set[int]:
-    return {f.item for f in findings if f.item in truth and truth[f.item][1] == f.kind}
-
-
-@dataclass
-class Trial:
-    """One reader-writer race on one profile, as the two threads saw it."""
-
-    user_id: int
-    steps: list[tuple[float, str, str]] = field(default_factory=list)
-    loaded_version: int = 0
-    committed_version: int = 0
-    stored: bool = False
-    stale: bool = False
-    next_read_fresh: bool = False
-
-
-def race(cache: NaiveCache, db: ShopDatabase, user_id: int, *, window_s: float,
-         timeout_s: float = 10.0) -> Trial:
-    """Reader-load, writer-update-and-invalidate, reader-set, on two real threads.
-
-    Events fix the order; after the writer is done the reader still waits ``window_s``,
-    the rest of its load-to-set window, before it stores what it loaded.
-    """
-    trial = Trial(user_id)
-    loaded, written, abort = threading.Event(), threading.Event(), threading.Event()
-    t0 = time.monotonic()
-
-    def step(actor: str, what: str) -> None:
-        trial.steps.append(((time.monotonic() - t0) * 1000, actor, what))
-
-    def reader() -> None:
-        value, ticket = cache.lookup(user_id)
-        step("reader", "miss" if value is None else "hit (unexpected)")
-        row = db.user_profile(user_id)
-        trial.loaded_version = row["version"] if row else 0
-        step("reader", f"loaded version {trial.loaded_version}")
-        loaded.set()
-        if not written.wait(timeout_s) or abort.wait(window_s):
-            return
-        trial.stored = cache.fill(user_id, ticket, row, trial.loaded_version)
-        step("reader", f"stored version {trial.loaded_version}" if trial.stored
-             else "store refused")
-
-    def writer() -> None:
-        if not loaded.wait(timeout_s) or abort.is_set():
-            return
-        db.update_profile(user_id, bio=f"updated during race at {time.monotonic():.6f}")
-        trial.committed_version = db.query(
-            "SELECT version FROM profiles WHERE user_id = ?", [user_id])[0]["version"]
-        step("writer", f"committed version {trial.committed_version}")
-        cache.invalidate(user_id, trial.committed_version)
-        step("writer", "invalidated")
-        written.set()
-
-    # A thread's error sets abort, and so does leaving the block (Ctrl-C, a timeout):
-    # the other thread stops waiting and returns; the first error is raised on the way out.
-    with ThreadGroup({"race-reader": reader, "race-writer": writer}, stopping=abort) as threads:
-        threads.join(timeout_s + window_s + 1)
-    if not (loaded.is_set() and written.is_set()):
-        raise TimeoutError(f"race on user {user_id} did not complete in {timeout_s:g}s")
-
-    cache.settle()
-    truth = db.profile_now(user_id)
-    cached = cache.peek(user_id)
-    trial.stale = cached is not None and cached != truth
-    # The next ordinary read: does the cache now serve the committed row?
-    value, ticket = cache.lookup(user_id)
-    if value is None:
-        value = db.user_profile(user_id)
-        cache.fill(user_id, ticket, value, value["version"] if value else 0)
-    trial.next_read_fresh = value == truth
-    return trial
-
-
-@dataclass
-class RaceOutcome:
-    label: str
-    trials: list[Trial]
-    cleared: int = 0  # double delete: stale sets the second delete removed
-
-    @property
-    def stale(self) -> int:
-        return sum(t.stale for t in self.trials)
-
-    @property
-    def stored(self) -> int:
-        return sum(t.stored for t in self.trials)
-
-    @property
-    def fresh(self) -> int:
-        return sum(t.next_read_fresh for t in self.trials)
-
-
-def run_race(lab: Lab, db: ShopDatabase, cache: NaiveCache, users: Sequence[int], *,
-             label: str, window_s: float) -> RaceOutcome:
-    lab.enter_context(cache)  # a double delete's pending timers stop with the lab
-    trials = [race(cache, db, user_id, window_s=window_s)
-              for user_id in lab.track(users, f"stale-set race: {label}", len(users))]
-    outcome = RaceOutcome(label, trials)
-    if isinstance(cache, DoubleDeleteCache):
-        outcome.cleared = sum(removed for _, _, removed in cache.second_deletes)
-    return outcome
-
-
 def run(
     lab: Lab,
     *,
@@ -278,7 +123,7 @@ def run(
                                  load_many=profile_loader(db), ttl_s=ttl_s)
     ids = list(range(1, keys + 1))
     checker.store(profile_loader(db)(ids))
-    truth = inject(lab, db, cache, checker, ids, inject_rate)
+    truth = inject(db, cache, checker, ids, inject_rate, lab.rng("inject"))
     true_rate = len(truth) / keys
 
     # The sampling pass only estimates: run dry, so that the full scan sees the same state.
@@ -313,10 +158,13 @@ def run(
          DoubleDeleteCache(cache, namespace=server.keys("race-dd-short"), ttl_s=ttl_s,
                            delay_s=short_delay_ms / 1000)),
     ]
-    races = [run_race(lab, db, strategy, race_rng.sample(existing, min(race_trials,
-                                                                        len(existing))),
-                      label=label, window_s=window_s)
-             for label, strategy in strategies]
+    races = []
+    for label, strategy in strategies:
+        users = race_rng.sample(existing, min(race_trials, len(existing)))
+        lab.enter_context(strategy)  # a double delete's pending timers stop with the lab
+        races.append(race_all(strategy, db, lab.track(users, f"stale-set race: {label}",
+                                                      len(users)),
+                              label=label, window_s=window_s))
     naive, lease, versioned, dd_long, dd_short = races
 
     # Tables.

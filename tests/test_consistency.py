@@ -10,7 +10,15 @@ from typing import Any
 import pytest
 import redis
 
-from cachelab.caching.consistency import ConsistencyChecker, wilson_interval
+from cachelab.caching.consistency import (
+    INJECTIONS,
+    ConsistencyChecker,
+    found,
+    inject,
+    profile_loader,
+    wilson_interval,
+    wrong_findings,
+)
 from cachelab.lab import Lab
 
 
@@ -179,3 +187,20 @@ def test_wilson_interval_covers_the_true_rate_about_as_often_as_it_says() -> Non
         low, high = wilson_interval(hits, n, population=population)
         covered += low <= bad / population <= high
     assert 0.92 <= covered / trials <= 0.99
+
+
+def test_injections_on_the_shop_are_found_as_their_kind(lab: Lab) -> None:
+    db, client = lab.shop(), lab.redis()
+    checker = ConsistencyChecker(client, namespace="profile", registry="index:profile",
+                                 load_many=profile_loader(db), ttl_s=60)
+    ids = list(range(1, 41))
+    queries = db.queries
+    checker.store(profile_loader(db)(ids))
+    assert db.queries == queries + 1  # one counted query for the batch
+    truth = inject(db, client, checker, ids, 0.2, random.Random(3))
+    assert len(truth) == 8
+    assert sorted(how for how, _ in truth.values()) == sorted(list(INJECTIONS) * 2)
+    scan = checker.check(dry_run=True)
+    assert found(scan.findings, truth) == set(truth)
+    assert wrong_findings(scan.findings, truth) == 0
+    assert wrong_findings(scan.findings, {}) == len(scan.findings) == 8

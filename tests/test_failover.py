@@ -12,9 +12,12 @@ from cachelab.caching.failover import (
     ACKED,
     FAILED,
     UNCONFIRMED,
+    Event,
     HealthCheckFailover,
     SentinelEvents,
     SequenceWriter,
+    first_of_each,
+    healthcheck_failover,
     present,
     switched_to,
 )
@@ -214,3 +217,32 @@ def test_writer_errors_do_not_escape_the_thread(lab: Lab) -> None:
     assert writer.writes and all(w.outcome == FAILED for w in writer.writes)
     assert len(writer.writes) <= 0.2 / 0.05 + 2  # the pause bounds a failing writer
     client.close()
+
+
+def test_healthcheck_failover_kills_promotes_repoints_and_reads_back(lab: Lab) -> None:
+    replica_set = lab.replica_set(replicas=2, name="rs")
+    primary = replica_set.primary.name
+    run, health, followed, how = healthcheck_failover(
+        replica_set, interval_ms=50, timeout_ms=100, failures=2, max_rate=500,
+        before_kill_s=0.2, after_s=0.1)
+    assert run.promotion is not None and run.new_primary is not None
+    assert run.name_of(run.promotion.promoted) == run.new_primary.name != primary
+    assert followed, how
+    assert run.detected_s is not None and run.switched_s is not None
+    assert run.first_ack_after is not None
+    assert 0 < run.detected_s <= run.switched_s <= run.first_ack_after
+    assert run.acked_before_kill > 0 and run.acked_after_kill
+    assert set(run.acked_after_kill) <= run.found  # written on the new primary, read back
+    assert run.phantoms == 0 and run.errors >= 1 and health.checks >= 2
+    assert run.error_kinds()["ConnectionError"] >= 1  # the dead primary refused
+    edges = [-0.2, 0.0, 0.2]
+    windows = run.acks_per_window(edges, 0.2)
+    assert sum(windows) <= len(run.acked) and windows[0] > 0
+
+
+def test_first_of_each_keeps_the_first_announcement_of_every_channel() -> None:
+    events = [("sentinel-1", Event(1.0, "+sdown", "master a")),
+              ("sentinel-2", Event(1.1, "+sdown", "master a")),
+              ("sentinel-2", Event(1.5, "+odown", "master a #quorum 2/2")),
+              ("sentinel-3", Event(1.6, "+sdown", "slave b"))]
+    assert first_of_each(events) == [events[0], events[2]]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import time
 from typing import Any
 
 import pytest
@@ -11,11 +10,15 @@ import redis
 
 from cachelab.caching.resharding import (
     CLUSTER_SLOTS,
+    TRAFFIC_COLUMNS,
     ClusterNode,
     LiveTraffic,
     MigratingRouter,
     SlotMigration,
     audit,
+    await_one_slot_map,
+    cluster_nodes,
+    describe_movement,
     expected_moved_fraction,
     load,
     migrate_keys,
@@ -25,11 +28,12 @@ from cachelab.caching.resharding import (
     plan_reshard,
     read_all,
     slot_owners,
+    traffic_rows,
 )
 from cachelab.caching.sharding import ShardRing, key_slot
 from cachelab.lab import Lab
 from cachelab.servers.redis_server import RedisServer
-from cachelab.workload.redis_info import info_cluster, node_id
+from cachelab.workload.redis_info import node_id
 
 KEYS = [f"user:{i}" for i in range(1, 5001)]
 
@@ -69,6 +73,8 @@ def test_modulo_moves_most_keys_and_the_ring_only_the_new_shards_share() -> None
     assert ring.not_to("d") == 0 and set(ring.routes()) == {(s, "d") for s in old}
     assert modulo.not_to("d") > len(KEYS) / 3
     assert all(ShardRing(old).shard_for(k) == o and n == "d" for k, (o, n) in ring.moved.items())
+    assert describe_movement("ring", ring, 0.25).startswith(
+        f"ring: {len(ring.moved)}/{len(KEYS)} keys moved = {ring.fraction:.3f}, theory 0.250")
 
 
 def test_modulo_owner_names_the_shard_that_modulo_shard_picks() -> None:
@@ -90,6 +96,9 @@ def test_traffic_on_a_faithful_store_sees_no_wrong_value(lab: Lab) -> None:
         assert traffic.wait_for(100)
     total = traffic.total()
     assert set(traffic.counts) == {"before", "second"}
+    rows = traffic_rows(traffic)
+    assert [row[0] for row in rows] == ["before", "second"]
+    assert all(len(row) == len(TRAFFIC_COLUMNS) and row[1] == row[2] + row[3] for row in rows)
     assert total.reads > 0 and total.writes > 0
     assert total.wrong_values == total.missing == total.errors == 0
     assert read_all(client) == traffic.expected
@@ -255,11 +264,10 @@ def test_plan_takes_an_even_share_from_each_source_from_its_highest_slots() -> N
 def test_slot_migration_reshards_to_a_new_node_under_a_cluster_client(lab: Lab) -> None:
     cluster = lab.cluster(masters=2, replicas=0)
     masters = cluster.masters()
-    nodes = [ClusterNode(node_id(s), s.host, s.port, s.client()) for s in masters]
-    for node in nodes:
-        lab.callback(node.client.close)
+    nodes, names = cluster_nodes(masters, {s.name: lab.closing(s.client()) for s in masters})
+    assert [names[n.node_id] for n in nodes] == [s.name for s in masters]
+    assert [(n.host, n.port) for n in nodes] == [(s.host, s.port) for s in masters]
     owners = slot_owners(nodes[0].client)
-    names = {node.node_id: s.name for node, s in zip(nodes, masters, strict=True)}
     values = {k: k for k in KEYS[:3000]}
     load(values, lambda k: names[owners[key_slot(k)] or ""],
          {names[n.node_id]: n.client for n in nodes}, cluster=True)
@@ -285,10 +293,10 @@ def test_slot_migration_reshards_to_a_new_node_under_a_cluster_client(lab: Lab) 
         view = slot_owners(node.client)
         assert {s for s, o in enumerate(view) if o == target.node_id} == moved_slots
         assert None not in view
-    deadline = time.monotonic() + 10
-    while info_cluster(added)["cluster_state"] != "ok" and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert all(info_cluster(s)["cluster_state"] == "ok" for s in [*masters, added])
+    views, states = await_one_slot_map([*nodes, target], names, [*masters, added], 10)
+    assert states == {s.name: "ok" for s in [*masters, added]}
+    assert len({tuple(view) for view in views.values()}) == 1 and set(views) == {
+        s.name for s in [*masters, added]}
     assert sorted(read_all(target.client, cluster=True)) == sorted(in_moved)
 
     after = slot_owners(target.client)

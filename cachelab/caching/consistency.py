@@ -22,7 +22,7 @@ import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from statistics import NormalDist
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 if TYPE_CHECKING:  # redis is imported by whoever builds the client
     import redis
@@ -225,3 +225,71 @@ class ConsistencyChecker:
             if count:
                 pipe.execute()
         return count
+
+
+# --- the exercise's ground truth: profiles, and inconsistencies injected on purpose ----
+
+PROFILES_SQL = """
+    SELECT u.id, u.name, u.email, u.city, p.bio, p.theme, p.version
+    FROM users u JOIN profiles p ON p.user_id = u.id WHERE u.id IN ({})"""
+
+#: Each way of breaking an entry, and the kind the checker must call it.
+INJECTIONS: dict[str, Kind] = {
+    "missed invalidation": "stale", "altered value": "stale", "orphan": "orphan",
+    "missing key": "missing",
+}
+
+#: id -> (the injection, the kind it shows up as)
+Truth = Mapping[int, tuple[str, str]]
+
+
+class ShopProfiles(Protocol):
+    """The shop database as the injections use it: counted queries and writes."""
+
+    def query(self, sql: str, params: Any = ()) -> list[dict[str, Any]]: ...
+    def execute(self, sql: str, params: Any = ()) -> int: ...
+    def update_profile(self, user_id: int, *, bio: str) -> None: ...
+
+
+def profile_loader(db: ShopProfiles) -> LoadMany:
+    """``load_many`` for the checker: one counted query per batch of user ids."""
+    def load_many(ids: Sequence[int]) -> Mapping[int, Any]:
+        if not ids:
+            return {}
+        rows = db.query(PROFILES_SQL.format(",".join("?" * len(ids))), list(ids))
+        return {row["id"]: row for row in rows}
+    return load_many
+
+
+def inject(db: ShopProfiles, cache: redis.Redis, checker: ConsistencyChecker,
+           ids: Sequence[int], rate: float, rng: random.Random) -> dict[int, tuple[str, str]]:
+    """Break ``round(rate * len(ids))`` entries, each of :data:`INJECTIONS` in turn;
+    returns the ground truth, which the checker never sees."""
+    chosen = rng.sample(list(ids), max(1, round(rate * len(ids))))
+    how = list(INJECTIONS)
+    truth: dict[int, tuple[str, str]] = {}
+    for n, item in enumerate(chosen):
+        injection = how[n % len(how)]
+        if injection == "missed invalidation":
+            db.update_profile(item, bio=f"edited, invalidation lost ({n})")
+        elif injection == "altered value":
+            value = json.loads(cache.get(checker.key(item)) or "{}")
+            value["bio"] = f"{value.get('bio', '')} (written by a buggy deploy)"
+            cache.set(checker.key(item), json.dumps(value), keepttl=True)
+        elif injection == "orphan":
+            db.execute("DELETE FROM profiles WHERE user_id = ?", [item])
+            db.execute("DELETE FROM users WHERE id = ?", [item])
+        else:
+            cache.delete(checker.key(item))
+        truth[item] = (injection, INJECTIONS[injection])
+    return truth
+
+
+def found(findings: Sequence[Finding], truth: Truth) -> set[int]:
+    """The injected items found as the kind they were injected as."""
+    return {f.item for f in findings if f.item in truth and truth[f.item][1] == f.kind}
+
+
+def wrong_findings(findings: Sequence[Finding], truth: Truth) -> int:
+    """Findings that are not an injected inconsistency of that very kind."""
+    return sum(truth.get(f.item, ("", ""))[1] != f.kind for f in findings)

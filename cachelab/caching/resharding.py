@@ -20,10 +20,13 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from cachelab.caching.sharding import ShardRing, modulo_shard
 from cachelab.workload.poll import poll_until
+from cachelab.workload.redis_info import info_cluster, node_id
 from cachelab.workload.threads import BackgroundWorker
 
 if TYPE_CHECKING:  # redis is imported by whoever builds the clients
     import redis
+
+    from cachelab.workload.redis_info import Node
 
 CLUSTER_SLOTS = 16384
 Scheme = Literal["modulo", "ring"]
@@ -641,3 +644,51 @@ def audit(found: Mapping[str, Mapping[str, str | None]], expected: Mapping[str, 
     unexpected = sorted(set(where) - set(expected))
     return Audit(len(expected), len(set(where) & set(expected)), lost, wrong, misplaced,
                  duplicated, unexpected)
+
+
+# --- what the exercise reports --------------------------------------------------------
+
+TRAFFIC_COLUMNS = ["phase", "ops", "reads", "writes", "errors", "wrong values", "missing"]
+
+
+def traffic_rows(traffic: LiveTraffic) -> list[list[object]]:
+    """One row of :data:`TRAFFIC_COLUMNS` per phase of ``traffic``."""
+    return [[phase, c.ops, c.reads, c.writes, c.errors, c.wrong_values, c.missing]
+            for phase, c in traffic.counts.items()]
+
+
+def describe_movement(name: str, moves: Movement, theory: float) -> str:
+    """How many keys moved, against the theory's fraction."""
+    return (f"{name}: {len(moves.moved)}/{moves.total} keys moved = {moves.fraction:.3f}, "
+            f"theory {theory:.3f}, off by {abs(moves.fraction - theory):.3f}")
+
+
+def cluster_nodes(masters: Sequence[Node], clients: Mapping[str, redis.Redis]
+                  ) -> tuple[list[ClusterNode], dict[str, str]]:
+    """The masters as the resharding sees them (``clients`` by server name), and each
+    one's server name by node id."""
+    nodes = [ClusterNode(node_id(s), s.host, s.port, clients[s.name]) for s in masters]
+    return nodes, {node.node_id: s.name for node, s in zip(nodes, masters, strict=True)}
+
+
+def await_one_slot_map(nodes: Sequence[ClusterNode], names: Mapping[str, str],
+                       masters: Sequence[Node], timeout_s: float
+                       ) -> tuple[dict[str, list[str | None]], dict[str, str]]:
+    """Wait (bounded) until every master reports the same slot map and cluster_state:ok.
+
+    Returns what they said last, settled or not, by server name: each node's slot map
+    and each master's cluster_state; the caller judges them.
+    """
+    views: dict[str, list[str | None]] = {}
+    states: dict[str, str] = {}
+
+    def settled() -> bool:
+        nonlocal views, states
+        views = {names[node.node_id]: slot_owners(node.client) for node in nodes}
+        states = {m.name: info_cluster(m)["cluster_state"] for m in masters}
+        return (all(state == "ok" for state in states.values())
+                and len({tuple(view) for view in views.values()}) == 1)
+
+    poll_until(settled, timeout_s=timeout_s, interval_s=0.05, error=None,
+               what="every master to report one slot map and cluster_state:ok")
+    return views, states
