@@ -12,29 +12,25 @@ scanned to find each key, and each shard's own counters say how many writes it t
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated
 
 from cachelab.caching.sharding import (
-    Placement,
+    SchemeAudit,
     ShardedWriter,
     ShardRing,
     SlotMap,
-    WriteReport,
-    check_placement,
+    audit_scheme,
+    count_keys_in_slots,
     key_slot,
     modulo_shard,
-    scan_keys,
+    write_and_audit,
     write_through_cluster,
 )
 from cachelab.exercise import ExerciseInfo, Opt, Result
-from cachelab.workload.measure import balance
 from cachelab.workload.redis_info import command_calls
 
 if TYPE_CHECKING:
-    import redis
-
     from cachelab.lab import Lab
 
 INFO = ExerciseInfo(
@@ -86,68 +82,6 @@ USER_ID_SPACE = 10_000_000  # ids are drawn from here, so a seed changes the pla
 UNPIPELINED_WRITES = 1000  # the baseline: enough round trips for a steady rate, quickly
 
 
-@dataclass
-class SchemeRun:
-    """One routing scheme's writes and what its shards said about them afterwards."""
-
-    scheme: str
-    shards: list[str]  # shard keys (names, or the cluster's master addresses), in order
-    labels: dict[str, str]  # the server's name for each
-    report: WriteReport  # the router's own counts
-    routed: Counter[str]  # the router's choice for every key, recomputed
-    set_calls: dict[str, int]  # INFO commandstats, delta over the writes
-    dbsize: dict[str, int]
-    placement: Placement
-    expected_share: dict[str, float]
-
-    def found(self, shard: str) -> int:
-        return self.placement.per_shard.get(shard, 0)
-
-    @property
-    def balance(self) -> float:
-        return balance(self.found(s) for s in self.shards)[0]
-
-    def disagreements(self) -> list[str]:
-        """Shards whose own counts differ from the router's (acknowledged and recomputed)."""
-        return [f"{self.labels[s]}: router {self.report.acknowledged[s]} (recomputed "
-                f"{self.routed[s]}), SET calls {self.set_calls[s]}, DBSIZE {self.dbsize[s]}"
-                for s in self.shards
-                if not self.report.acknowledged[s] == self.routed[s] == self.set_calls[s]
-                == self.dbsize[s]]
-
-
-def inspect(scheme: str, clients: dict[str, redis.Redis], labels: dict[str, str],
-            report: WriteReport, expected: dict[str, str], calls_before: dict[str, int],
-            expected_share: dict[str, float]) -> SchemeRun:
-    """Read back from every shard: SCAN for the keys, INFO and DBSIZE for the counts."""
-    found = {name: scan_keys(client, "user:*") for name, client in clients.items()}
-    return SchemeRun(
-        scheme=scheme, shards=list(clients), labels=labels, report=report,
-        routed=Counter(expected.values()),
-        set_calls={n: command_calls(c, ["set"]) - calls_before[n] for n, c in clients.items()},
-        dbsize={n: int(c.dbsize()) for n, c in clients.items()},
-        placement=check_placement(expected, found), expected_share=expected_share)
-
-
-def count_slots(masters: dict[str, redis.Redis], labels: dict[str, str],
-                slot_map_ranges: list[tuple[int, int, str]], expected: Counter[int]
-                ) -> tuple[int, list[list[object]]]:
-    """CLUSTER COUNTKEYSINSLOT for every slot on its owner, against the expected counts."""
-    mismatches, rows = 0, []
-    for address, client in masters.items():
-        owned = [slot for first, last, owner in slot_map_ranges if owner == address
-                 for slot in range(first, last + 1)]
-        pipe = client.pipeline(transaction=False)
-        for slot in owned:
-            pipe.execute_command("CLUSTER", "COUNTKEYSINSLOT", slot)
-        counts = [int(n) for n in pipe.execute()]
-        wrong = sum(n != expected.get(slot, 0) for slot, n in zip(owned, counts, strict=True))
-        mismatches += wrong
-        rows.append([labels[address], len(owned), sum(1 for n in counts if n), sum(counts),
-                     sum(expected.get(slot, 0) for slot in owned), wrong])
-    return mismatches, rows
-
-
 def run(
     lab: Lab,
     *,
@@ -172,9 +106,6 @@ def run(
     value = "v" * value_bytes
     keys = [(str(uid), f"user:{{{uid}}}:{name}") for uid in user_ids for name in fields]
 
-    def items() -> Iterator[tuple[str, str, str]]:
-        return ((sharding_key, key, value) for sharding_key, key in keys)
-
     # N independent shards: nothing connects them but the router.
     servers = [lab.redis_server(f"shard-{i}") for i in range(shards)]
     clients = {server.name: server.client() for server in servers}
@@ -192,16 +123,10 @@ def run(
     unpipelined = ShardedWriter({first: clients[first]}, lambda _: first, batch=1).write(
         (sharding_key, f"baseline:{key}", value)
         for sharding_key, key in keys[:UNPIPELINED_WRITES])
-    runs: list[SchemeRun] = []
-    for scheme in lab.track(routers, "sharded writes", len(routers)):
-        route, share = routers[scheme]
-        for client in clients.values():
-            client.flushall()  # each scheme starts from empty shards
-        before = {name: command_calls(client, ["set"]) for name, client in clients.items()}
-        report = ShardedWriter(clients, route, batch=batch).write(items())
-        expected = {key: route(sharding_key) for sharding_key, key in keys}
-        runs.append(inspect(scheme, clients, {n: n for n in names}, report, expected, before,
-                            share))
+    runs: list[SchemeAudit] = [
+        write_and_audit(scheme, clients, routers[scheme][0], keys, value, batch=batch,
+                        expected_share=routers[scheme][1])
+        for scheme in lab.track(routers, "sharded writes", len(routers))]
 
     # Redis Cluster: the cluster client routes each key to its slot's master.
     cluster = lab.cluster(masters=shards, replicas=0, name="cluster")
@@ -218,11 +143,12 @@ def run(
                                    batch=batch)
     expected = {key: slot_map.owner_of_key(key) for _, key in keys}
     labels = {address: masters[address].name for address in ordered}
-    cluster_run = inspect("cluster", ordered, labels, report, expected,
-                          before, {a: slot_map.slots_of(a) / CLUSTER_SLOTS for a in ordered})
+    cluster_run = audit_scheme("cluster", ordered, labels, report, expected, before,
+                               {a: slot_map.slots_of(a) / CLUSTER_SLOTS for a in ordered})
     runs.append(cluster_run)
-    slot_mismatches, slot_rows = count_slots(
-        ordered, labels, slot_map.ranges, Counter(key_slot(key) for _, key in keys))
+    slot_counts = count_keys_in_slots(ordered, slot_map,
+                                      Counter(key_slot(key) for _, key in keys))
+    slot_mismatches = sum(count.differ for count in slot_counts)
 
     # Tables and metrics, all from what the shards reported.
     by_scheme = {r.scheme: r for r in runs}
@@ -248,7 +174,8 @@ def run(
     result.table("Cluster slots: CLUSTER COUNTKEYSINSLOT on each master against CRC16 of "
                  "each key",
                  ["master", "slots", "with keys", "keys counted", "expected", "differ"],
-                 slot_rows)
+                 [[labels[c.master], c.slots, c.with_keys, c.counted, c.expected, c.differ]
+                  for c in slot_counts])
     result.chart("Keys per shard, by scheme", "shard", [f"#{i}" for i in range(shards)],
                  {r.scheme: [r.found(s) for s in r.shards] for r in runs})
 

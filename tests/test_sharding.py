@@ -13,12 +13,15 @@ from cachelab.caching.sharding import (
     ShardedWriter,
     ShardRing,
     SlotMap,
+    audit_scheme,
     check_placement,
+    count_keys_in_slots,
     ketama_hash,
     ketama_points,
     key_slot,
     modulo_shard,
     scan_keys,
+    write_and_audit,
     write_through_cluster,
 )
 from cachelab.lab import Lab
@@ -197,3 +200,51 @@ def test_cluster_writes_land_on_the_master_cluster_slots_names(lab: Lab) -> None
         assert client.execute_command("CLUSTER", "COUNTKEYSINSLOT", slot) == Counter(
             key_slot(k) for k in keys)[slot]
         client.close()
+
+
+# ---------------------------------------------------------------- auditing a scheme
+
+
+def test_write_and_audit_agrees_with_every_shard_and_flags_a_stray_write(lab: Lab) -> None:
+    servers = [lab.redis_server(f"shard-{i}") for i in range(3)]
+    clients = {s.name: lab.closing(s.client()) for s in servers}
+    ring = ShardRing(clients)
+    keys = [(str(u), f"user:{{{u}}}:{field}") for u in range(1, 901) for field in ("a", "b")]
+    clients["shard-0"].set("user:{0}:left-over", "v")  # an earlier run's key is flushed
+
+    audit = write_and_audit("ring", clients, ring.shard_for, keys, "v", batch=64,
+                            expected_share=ring.shares())
+    routed = Counter(ring.shard_for(u) for u, _ in keys)
+    assert audit.disagreements() == [] and audit.placement.misplaced == 0
+    assert audit.set_calls == audit.dbsize == dict(routed) and audit.routed == routed
+    assert [audit.found(s) for s in audit.shards] == [routed[s] for s in clients]
+    assert audit.balance == max(routed.values()) / (len(keys) / 3)
+
+    # A write behind the router's back shows on that shard's own counters and in SCAN.
+    before = {name: command_calls(c, ["set"]) - audit.set_calls[name]
+              for name, c in clients.items()}  # each shard's SET calls before the writes
+    clients["shard-1"].set("user:{stray}:a", "v")
+    expected = {key: ring.shard_for(u) for u, key in keys}
+    again = audit_scheme("ring", clients, audit.labels, audit.report, expected, before,
+                         audit.expected_share)
+    assert again.placement.unexpected == 1
+    assert [d.split(":")[0] for d in again.disagreements()] == ["shard-1"]
+
+
+def test_count_keys_in_slots_matches_crc16_and_names_a_wrong_count(lab: Lab) -> None:
+    cluster = lab.cluster(masters=3, replicas=0)
+    masters = {f"{m.host}:{m.port}": lab.closing(m.client()) for m in cluster.masters()}
+    slots = SlotMap.from_node(next(iter(masters.values())))
+    keys = [f"user:{{{u}}}:profile" for u in range(2000)]
+    with cluster.client() as client:
+        write_through_cluster(client, ((k, "v") for k in keys), batch=500)
+    per_slot = Counter(key_slot(k) for k in keys)
+
+    counts = count_keys_in_slots(masters, slots, per_slot)
+    assert sum(c.slots for c in counts) == CLUSTER_SLOTS
+    assert sum(c.counted for c in counts) == sum(c.expected for c in counts) == len(keys)
+    assert all(c.differ == 0 and c.with_keys > 0 for c in counts)
+
+    missed = key_slot(keys[0])  # the writer forgot one key: its slot's count differs
+    counts = count_keys_in_slots(masters, slots, {**per_slot, missed: per_slot[missed] - 1})
+    assert {c.master: c.differ for c in counts if c.differ} == {slots.owner(missed): 1}

@@ -4,7 +4,9 @@ Three routers, all keyed by a sharding key (a user id, say): :func:`modulo_shard
 (hash mod N), :class:`ShardRing` (a ketama-compatible consistent-hash ring) and
 :class:`SlotMap` (Redis Cluster's 16384 hash slots, as ``CLUSTER SLOTS`` assigns them).
 :class:`ShardedWriter` sends pipelined writes to independent shards by a router;
-:func:`check_placement` compares where keys were found with where a router said.
+:func:`check_placement` compares where keys were found with where a router said;
+:func:`write_and_audit` and :func:`count_keys_in_slots` read back what every shard (or
+cluster master) holds and counted after a scheme's writes.
 """
 
 from __future__ import annotations
@@ -13,9 +15,12 @@ import bisect
 import hashlib
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from cachelab.workload.measure import balance
+from cachelab.workload.redis_info import command_calls
 
 if TYPE_CHECKING:  # redis is imported by whoever builds the client
     import redis
@@ -329,3 +334,105 @@ def check_placement(expected: Mapping[str, str], found: Mapping[str, Iterable[st
     return Placement(expected=len(expected), found=sum(per_shard.values()),
                      on_wrong_shard=wrong, missing=sum(key not in anywhere for key in expected),
                      unexpected=unexpected, per_shard=per_shard)
+
+
+# ---------------------------------------------------------------- auditing a scheme
+
+
+@dataclass
+class SchemeAudit:
+    """One routing scheme's writes and what its shards said about them afterwards."""
+
+    scheme: str
+    shards: list[str]  # shard keys (names, or the cluster's master addresses), in order
+    labels: dict[str, str]  # the server's name for each
+    report: WriteReport  # the router's own counts
+    routed: Counter[str]  # the router's choice for every key, recomputed
+    set_calls: dict[str, int]  # INFO commandstats, delta over the writes
+    dbsize: dict[str, int]
+    placement: Placement
+    expected_share: dict[str, float]
+
+    def found(self, shard: str) -> int:
+        return self.placement.per_shard.get(shard, 0)
+
+    @property
+    def balance(self) -> float:
+        """Keys found on the fullest shard over the mean (1.0 is perfectly even)."""
+        return balance(self.found(s) for s in self.shards)[0]
+
+    def disagreements(self) -> list[str]:
+        """Shards whose own counts differ from the router's (acknowledged and recomputed)."""
+        return [f"{self.labels[s]}: router {self.report.acknowledged[s]} (recomputed "
+                f"{self.routed[s]}), SET calls {self.set_calls[s]}, DBSIZE {self.dbsize[s]}"
+                for s in self.shards
+                if not self.report.acknowledged[s] == self.routed[s] == self.set_calls[s]
+                == self.dbsize[s]]
+
+
+def audit_scheme(scheme: str, clients: Mapping[str, redis.Redis], labels: dict[str, str],
+                 report: WriteReport, expected: dict[str, str], calls_before: dict[str, int],
+                 expected_share: dict[str, float]) -> SchemeAudit:
+    """Read back from every shard: SCAN for the keys, INFO and DBSIZE for the counts.
+
+    ``expected`` is the router's shard for every key written, ``calls_before`` each
+    shard's SET calls before the writes.
+    """
+    found = {name: scan_keys(client, "user:*") for name, client in clients.items()}
+    return SchemeAudit(
+        scheme=scheme, shards=list(clients), labels=labels, report=report,
+        routed=Counter(expected.values()),
+        set_calls={n: command_calls(c, ["set"]) - calls_before[n] for n, c in clients.items()},
+        dbsize={n: int(c.dbsize()) for n, c in clients.items()},
+        placement=check_placement(expected, found), expected_share=expected_share)
+
+
+def write_and_audit(scheme: str, clients: Mapping[str, redis.Redis], route: Callable[[str], str],
+                    keys: Sequence[tuple[str, str]], value: str, *, batch: int,
+                    expected_share: dict[str, float]) -> SchemeAudit:
+    """Empty the shards, write ``(sharding key, key)`` pairs by ``route``, audit them.
+
+    Every shard starts empty, so DBSIZE and SCAN see this scheme's keys only.
+    """
+    for client in clients.values():
+        client.flushall()
+    before = {name: command_calls(client, ["set"]) for name, client in clients.items()}
+    report = ShardedWriter(clients, route, batch=batch).write(
+        (sharding_key, key, value) for sharding_key, key in keys)
+    expected = {key: route(sharding_key) for sharding_key, key in keys}
+    return audit_scheme(scheme, clients, {name: name for name in clients}, report, expected,
+                        before, expected_share)
+
+
+@dataclass(frozen=True)
+class MasterSlotCount:
+    """``CLUSTER COUNTKEYSINSLOT`` over one master's slots, against the expected counts."""
+
+    master: str  # "host:port", as CLUSTER SLOTS names it
+    slots: int  # slots the master owns
+    with_keys: int  # of those, slots holding at least one key
+    counted: int  # keys the master counted in its slots
+    expected: int  # keys whose CRC16 slot is one of them
+    differ: int  # slots whose count is not the expected one
+
+
+def count_keys_in_slots(masters: Mapping[str, redis.Redis], slot_map: SlotMap,
+                        expected: Mapping[int, int]) -> list[MasterSlotCount]:
+    """Ask every master for the key count of each slot it owns, one pipeline a master.
+
+    ``expected`` is the number of keys per slot as the writer computed it (CRC16).
+    """
+    counts = []
+    for address, client in masters.items():
+        owned = [slot for first, last, owner in slot_map.ranges if owner == address
+                 for slot in range(first, last + 1)]
+        pipe = client.pipeline(transaction=False)
+        for slot in owned:
+            pipe.execute_command("CLUSTER", "COUNTKEYSINSLOT", slot)
+        replies = [int(n) for n in pipe.execute()]
+        counts.append(MasterSlotCount(
+            master=address, slots=len(owned), with_keys=sum(1 for n in replies if n),
+            counted=sum(replies), expected=sum(expected.get(slot, 0) for slot in owned),
+            differ=sum(n != expected.get(slot, 0)
+                       for slot, n in zip(owned, replies, strict=True))))
+    return counts
