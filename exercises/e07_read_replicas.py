@@ -11,13 +11,16 @@ one's own write from a replica is tried plain, after ``WAIT``, and from the prim
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Literal
 
 from cachelab.caching.replicas import (
     CONSISTENCIES,
     LagSampler,
+    ReadYourWritesTally,
     ReplicaBalancer,
+    page_version,
+    replica_mismatches,
+    versioned_page,
     wait_converged,
 )
 from cachelab.exercise import ExerciseInfo, Opt, Result
@@ -25,8 +28,6 @@ from cachelab.workload.measure import LatencyHistogram, balance, key_sampler, ra
 from cachelab.workload.redis_info import command_calls, replication_offsets
 
 if TYPE_CHECKING:
-    import redis
-
     from cachelab.lab import Lab
     from cachelab.servers.redis_server import RedisServer
 
@@ -79,44 +80,6 @@ BALANCE_TOLERANCE = 0.15
 CONVERGE_TIMEOUT_S = 10.0
 
 
-@dataclass
-class RywRun:
-    """One read-your-writes mode: how many reads of a just-written key were stale."""
-
-    mode: str
-    trials: int = 0
-    stale: int = 0
-    from_replicas: int = 0
-    from_primary: int = 0
-    waits: int = 0
-    waits_short: int = 0
-    min_acked: int | None = None
-
-
-def page(i: int, version: int, filler: str) -> str:
-    """A page value that starts with its version, so a stale read is recognisable."""
-    return f"{version}|page {i}|{filler}"
-
-
-def version_of(value: str | None) -> int | None:
-    if value is None:
-        return None
-    head = value.split("|", 1)[0]
-    return int(head) if head.isdigit() else None
-
-
-def same_everywhere(primary: redis.Redis, replicas: list[redis.Redis], keys: list[str]
-                    ) -> tuple[int, list[int]]:
-    """Keys checked, and per replica how many differ from the primary (MGET in chunks)."""
-    differ = [0] * len(replicas)
-    for start in range(0, len(keys), 200):
-        chunk = keys[start:start + 200]
-        expected = primary.mget(chunk)
-        for i, replica in enumerate(replicas):
-            differ[i] += sum(a != b for a, b in zip(expected, replica.mget(chunk), strict=True))
-    return len(keys), differ
-
-
 def run(
     lab: Lab,
     *,
@@ -151,7 +114,7 @@ def run(
     loader = ReplicaBalancer(primary, copies, names=names)
     page_keys = [f"page:{i}" for i in range(1, keys + 1)]
     for start in range(0, keys, 100):
-        loader.write((f"page:{i}", page(i, 0, filler))
+        loader.write((f"page:{i}", versioned_page(i, 0, filler))
                      for i in range(start + 1, min(start + 100, keys) + 1))
     loaded_s = wait_converged(primary, copies, timeout_s=CONVERGE_TIMEOUT_S)
 
@@ -170,7 +133,7 @@ def run(
         elapsed = time.perf_counter_ns() - t0
         latency[got.node.name].record_ns(elapsed)
         overall.record_ns(elapsed)
-        wrong += version_of(got.value) != 0 or f"|page {i}|" not in (got.value or "")
+        wrong += page_version(got.value) != 0 or f"|page {i}|" not in (got.value or "")
     served = [command_calls(c) - before
               for c, before in zip(clients, gets_before, strict=True)]
     counted = [balancer.stats.reads[name] for name in names]
@@ -185,7 +148,7 @@ def run(
     import_keys = [f"import:{j}" for j in range(import_pages)]
     sampler = lab.enter_context(LagSampler(primary, copies))
     for b in lab.track(range(lag_bursts), "write bursts", lag_bursts):
-        writer.write((key, page(j, b, filler)) for j, key in enumerate(import_keys))
+        writer.write((key, versioned_page(j, b, filler)) for j, key in enumerate(import_keys))
     sampler.stop()
     lags = sampler.samples
 
@@ -193,7 +156,7 @@ def run(
     runs = []
     ryw_keys = []
     for mode in CONSISTENCIES:
-        outcome = RywRun(mode)
+        outcome = ReadYourWritesTally(mode)
         session = ReplicaBalancer(primary, copies, names=names, policy=policy,
                                   include_primary=False, consistency=mode,
                                   wait_timeout_ms=wait_timeout_ms, sticky_s=60.0,
@@ -201,23 +164,18 @@ def run(
         session_keys = [f"ryw:{mode}:{j}" for j in range(burst)]
         ryw_keys += session_keys
         for t in lab.track(range(1, ryw_trials + 1), f"read-your-writes ({mode})", ryw_trials):
-            session.write((key, page(j, t, filler)) for j, key in enumerate(session_keys))
-            got = session.read(session_keys[-1])
-            outcome.trials += 1
-            outcome.stale += version_of(got.value) != t
-            if got.node.role == "primary":
-                outcome.from_primary += 1
-            else:
-                outcome.from_replicas += 1
-        outcome.waits, outcome.waits_short = session.stats.waits, session.stats.waits_short
-        outcome.min_acked = session.stats.min_acked
+            session.write((key, versioned_page(j, t, filler))
+                          for j, key in enumerate(session_keys))
+            outcome.record(session.read(session_keys[-1]), version=t)
+        outcome.take_waits(session.stats)
         runs.append(outcome)
     async_run, wait_run, primary_run = runs
 
     # Convergence: offsets equal, then every key equal on every node.
     converge_s = wait_converged(primary, copies, timeout_s=CONVERGE_TIMEOUT_S)
     head, offsets = replication_offsets(primary, copies)
-    checked, differ = same_everywhere(primary, copies, page_keys + import_keys + ryw_keys)
+    compared_keys = page_keys + import_keys + ryw_keys
+    differ = replica_mismatches(primary, copies, compared_keys)
     sizes = [c.dbsize() for c in clients]
 
     all_lags = [lag for samples in lags for lag in samples]
@@ -296,7 +254,8 @@ def run(
                  f"replicas at {offsets}, primary at {head} after {CONVERGE_TIMEOUT_S:g}s")
     result.check("every replica holds the primary's values",
                  wrong == 0 and not any(differ) and len(set(sizes)) == 1,
-                 f"{checked} keys compared on {len(copies)} replicas: {sum(differ)} differ; "
+                 f"{len(compared_keys)} keys compared on {len(copies)} replicas: "
+                 f"{sum(differ)} differ; "
                  f"DBSIZE {sizes}; {wrong}/{reads} balanced reads differed from the page "
                  "loaded")
 

@@ -10,7 +10,17 @@ from dataclasses import dataclass
 import pytest
 import redis
 
-from cachelab.caching.replicas import LagSampler, ReplicaBalancer, wait_converged
+from cachelab.caching.replicas import (
+    LagSampler,
+    Node,
+    Read,
+    ReadYourWritesTally,
+    ReplicaBalancer,
+    page_version,
+    replica_mismatches,
+    versioned_page,
+    wait_converged,
+)
 from cachelab.lab import Lab
 from cachelab.servers.topology import ReplicaSet
 from cachelab.workload.measure import balance
@@ -185,3 +195,33 @@ def test_bad_settings_are_refused(nodes: Nodes) -> None:
     with pytest.raises(ValueError, match="one distinct name"):
         ReplicaBalancer(nodes.primary, nodes.replicas, names=["a", "a", "b"])
     ReplicaBalancer(nodes.primary, [], include_primary=True)  # a primary alone may serve
+
+
+def test_a_versioned_page_tells_its_version() -> None:
+    assert page_version(versioned_page(3, 7, "a|b")) == 7
+    assert page_version(None) is None and page_version("no version|x") is None
+
+
+def test_read_your_writes_tally_counts_stale_reads_and_where_they_came_from(
+        nodes: Nodes) -> None:
+    session = ReplicaBalancer(nodes.primary, nodes.replicas, consistency="wait")
+    tally = ReadYourWritesTally("wait")
+    for version in (1, 2, 3):
+        session.set("doc", versioned_page(0, version, "x"))
+        tally.record(session.read("doc"), version=version)
+    # An old value read from the primary is stale too.
+    tally.record(Read(versioned_page(0, 2, "x"), Node("p", "primary", nodes.primary)), version=4)
+    tally.take_waits(session.stats)
+    assert (tally.trials, tally.stale, tally.from_replicas, tally.from_primary) == (4, 1, 3, 1)
+    assert (tally.waits, tally.waits_short, tally.min_acked) == (3, 0, 2)
+
+
+def test_replica_mismatches_counts_each_replicas_differing_keys(nodes: Nodes) -> None:
+    _loaded(nodes)
+    keys = [f"k:{i}" for i in range(20)]
+    assert replica_mismatches(nodes.primary, nodes.replicas, keys, chunk=7) == [0, 0]
+    detached = nodes.replicas[1]
+    detached.execute_command("REPLICAOF", "NO", "ONE")  # writable, and no longer following
+    detached.set("k:3", "changed")
+    detached.delete("k:15")
+    assert replica_mismatches(nodes.primary, nodes.replicas, keys, chunk=7) == [0, 2]

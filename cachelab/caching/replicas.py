@@ -13,6 +13,9 @@ return the old value; the balancer's ``consistency`` decides what it does about 
 
 :class:`LagSampler` and :func:`wait_converged` watch how far each replica is behind, in
 bytes of the replication stream, as the nodes themselves report it.
+
+:func:`versioned_page` values carry their version, so :class:`ReadYourWritesTally`
+recognises a stale read, and :func:`replica_mismatches` compares replicas key by key.
 """
 
 from __future__ import annotations
@@ -246,3 +249,60 @@ def wait_converged(primary: redis.Redis, replicas: Sequence[redis.Redis], *,
                   what="the replicas to converge", error=None) is None:
         return None
     return time.monotonic() - start
+
+
+# ------------------------------------------------------- stale reads, recognisable
+
+
+def versioned_page(i: int, version: int, filler: str) -> str:
+    """Page ``i`` as written at ``version``: the value starts with its version, so a
+    stale read is recognisable by :func:`page_version`."""
+    return f"{version}|page {i}|{filler}"
+
+
+def page_version(value: str | None) -> int | None:
+    """The version a :func:`versioned_page` value was written at; None if it is not one."""
+    if value is None:
+        return None
+    head = value.split("|", 1)[0]
+    return int(head) if head.isdigit() else None
+
+
+@dataclass
+class ReadYourWritesTally:
+    """One consistency mode's write-then-read trials: how many reads came back stale."""
+
+    mode: Consistency
+    trials: int = 0
+    stale: int = 0
+    from_replicas: int = 0
+    from_primary: int = 0
+    waits: int = 0
+    waits_short: int = 0
+    min_acked: int | None = None
+
+    def record(self, read: Read, version: int) -> None:
+        """Count one read of a key just written at ``version``."""
+        self.trials += 1
+        self.stale += page_version(read.value) != version
+        if read.node.role == "primary":
+            self.from_primary += 1
+        else:
+            self.from_replicas += 1
+
+    def take_waits(self, stats: BalancerStats) -> None:
+        """Copy the session's WAIT counts, once its trials are over."""
+        self.waits, self.waits_short = stats.waits, stats.waits_short
+        self.min_acked = stats.min_acked
+
+
+def replica_mismatches(primary: redis.Redis, replicas: Sequence[redis.Redis],
+                       keys: Sequence[str], *, chunk: int = 200) -> list[int]:
+    """Per replica, how many of ``keys`` hold another value than on the primary (MGET)."""
+    differ = [0] * len(replicas)
+    for start in range(0, len(keys), chunk):
+        part = keys[start:start + chunk]
+        expected = primary.mget(part)
+        for i, replica in enumerate(replicas):
+            differ[i] += sum(a != b for a, b in zip(expected, replica.mget(part), strict=True))
+    return differ
