@@ -24,16 +24,13 @@ from cachelab.workload.redis_info import (
     command_calls,
     counter_delta,
     keyspace_counters,
+    memory_usage,
+    read_values,
     used_memory_ratio,
 )
 
 if TYPE_CHECKING:
-    import redis
-
-    from cachelab.caching.migration import Comparison
     from cachelab.lab import Lab
-    from cachelab.servers.node import RedisNode
-    from cachelab.workload.live import LiveWorkload
 
 INFO = ExerciseInfo(
     id="exercise-6",
@@ -99,24 +96,8 @@ ROOMY = 0.9  # the larger instance must stay below this share of its maxmemory
 TTL_TOLERANCE_MS = 1000
 NAMESPACE = "item"
 APP_NAME = "app"  # the application's connections are named app-<worker>
-
-
-def memory_row(phase: str, client: redis.Redis, workload: LiveWorkload) -> list[object]:
-    memory, stats = client.info("memory"), client.info("stats")
-    return [phase, client.dbsize(), int(memory["used_memory"]) / 2**20,
-            int(memory["used_memory"]) / int(memory["maxmemory"]), int(stats["evicted_keys"]),
-            workload.total("oom_refusals")]
-
-
-def comparison_row(method: str, cmp: Comparison) -> list[object]:
-    return [method, cmp.keys, len(cmp.missing), len(cmp.value_mismatches),
-            len(cmp.ttl_mismatches), len(cmp.extra)]
-
-
-def describe(cmp: Comparison) -> str:
-    return (f"{cmp.keys - len(cmp.missing)}/{cmp.keys} keys present, "
-            f"{len(cmp.value_mismatches)} other values, {len(cmp.ttl_mismatches)} TTLs off by "
-            f"more than {cmp.ttl_tolerance_ms / 1000:g}s, {len(cmp.extra)} extra keys")
+ADMIN_CLIENT = {"socket_timeout": 10}  # the exercise's own reads of each instance
+RAW_CLIENT = {**ADMIN_CLIENT, "decode_responses": False}  # DUMP payloads are bytes
 
 
 def run(
@@ -159,7 +140,8 @@ def run(
     # against maxmemory: on a full 4 MB instance the default 1 MB would evict a quarter.
     old = lab.own_redis_server("old", maxmemory=f"{old_maxmemory_mb}mb",
                            repl_backlog_size="16kb", **memory)
-    old_admin, old_raw = admin(lab, old), admin(lab, old, raw=True)
+    old_admin = lab.closing(old.client(**ADMIN_CLIENT))
+    old_raw = lab.closing(old.client(**RAW_CLIENT))
     old_address = f"{old.host}:{old.port}"
     config_path = lab.workdir / "app-cache.json"
     write_config(config_path, CacheAddress(old.host, old.port, version=1))
@@ -174,33 +156,37 @@ def run(
         return (int(old_admin.info("stats")["evicted_keys"]) > 0
                 or workload.total("oom_refusals") > 0)
 
+    def memory_row(phase: str) -> list[object]:
+        return [phase, *memory_usage(old_admin), workload.total("oom_refusals")]
+
     filled = workload.fill(full, batch=batch, max_keys=old_maxmemory_mb * 2**20 // 32)
-    phases = [memory_row(f"filled ({filled} writes)", old_admin, workload)]
+    phases = [memory_row(f"filled ({filled} writes)")]
     with lab.live(f"{INFO.id}: the application, live", workload.live_counters):
         lab.enter_context(workload)
         time.sleep(live_s)
         old_ratio = used_memory_ratio(old_admin)
         old_evicted = int(old_admin.info("stats")["evicted_keys"])
-        phases.append(memory_row(f"after {live_s:g}s of workload", old_admin, workload))
+        phases.append(memory_row(f"after {live_s:g}s of workload"))
 
         # 2. A live copy by DUMP/RESTORE into one larger instance.
         copy = lab.redis_server("copy", maxmemory=f"{new_maxmemory_mb}mb", **memory)
-        copy_raw = admin(lab, copy, raw=True)
+        copy_raw = lab.closing(copy.client(**RAW_CLIENT))
         bulk = copy_keys(old_raw, copy_raw, match=f"{NAMESPACE}:*", batch=batch)
-        phases.append(memory_row("after the DUMP/RESTORE pass", old_admin, workload))
+        phases.append(memory_row("after the DUMP/RESTORE pass"))
 
         # 3. Another larger instance follows by replication, then is promoted.
         new = lab.redis_server("new", maxmemory=f"{new_maxmemory_mb}mb", **memory)
-        new_admin, new_raw = admin(lab, new), admin(lab, new, raw=True)
+        new_admin = lab.closing(new.client(**ADMIN_CLIENT))
+        new_raw = lab.closing(new.client(**RAW_CLIENT))
         new_address = f"{new.host}:{new.port}"
         move = ReplicationMove(old, new)
         sync_s = move.attach()
-        phases.append(memory_row("replica attached and synced", old_admin, workload))
+        phases.append(memory_row("replica attached and synced"))
         time.sleep(live_s)
         # The pause outlasts reading the old state by far; the old instance is stopped
         # while still paused, so that no held-back write ever lands there.
         pause_s = move.cut_over(pause_ms=600_000)
-        phases.append(memory_row("writes paused, replica promoted", old_admin, workload))
+        phases.append(memory_row("writes paused, replica promoted"))
 
         new_before = keyspace_counters(new_admin)
         new_gets_before = command_calls(new_admin, ["get"])
@@ -267,10 +253,10 @@ def run(
                   "OOM refusals"], phases)
     result.table("Two ways to move, compared with the old instance's final state",
                  ["copy", "keys compared", "missing", "other value", "TTL off > 1s", "extra"],
-                 [comparison_row("replication, promoted (less keys the app rewrote since)",
-                                 by_replication),
-                  comparison_row("DUMP/RESTORE, live pass only", drift),
-                  comparison_row("DUMP/RESTORE, after the catch-up", by_copy)])
+                 [["replication, promoted (less keys the app rewrote since)",
+                   *by_replication.counts()],
+                  ["DUMP/RESTORE, live pass only", *drift.counts()],
+                  ["DUMP/RESTORE, after the catch-up", *by_copy.counts()]])
     result.table("Time taken", ["copy", "moving s", "writes paused ms", "how"],
                  [["replication", repl_s, pause_s * 1000,
                    f"sync {sync_s * 1000:.0f} ms; then followed {live_s:g}s of live writes; "
@@ -331,13 +317,13 @@ def run(
     result.check("replication moved every key with its value and TTL",
                  by_replication.keys > 0 and by_replication.equal
                  and (live_checked > 0 or not live_written) and rewritten_ok == len(rewritten),
-                 f"{describe(by_replication)}; {live_checked} of them written while the "
+                 f"{by_replication.summary()}; {live_checked} of them written while the "
                  f"replica followed (of {len(live_written)} keys the old instance acknowledged "
                  f"then); {rewritten_ok}/{len(rewritten)} keys the application "
                  "wrote on the new instance after the switch hold its last value")
     result.check("DUMP/RESTORE with a catch-up pass moved every key with its value and TTL",
                  by_copy.keys > 0 and by_copy.equal,
-                 f"{describe(by_copy)}; the live pass alone had {drift.differing} keys "
+                 f"{by_copy.summary()}; the live pass alone had {drift.differing} keys "
                  f"differing ({len(drift.missing)} missing, {len(drift.value_mismatches)} "
                  f"stale, {len(drift.extra)} extra)")
     every_worker_moved = all(at is not None and at >= switched_at for at in switched.values())
@@ -379,18 +365,3 @@ def run(
                 "--live-s 5, or --clients 4.")
     return result
 
-
-def read_values(client: redis.Redis, keys: list[str]) -> dict[str, str | None]:
-    """GET of many keys, in MGET batches."""
-    values: dict[str, str | None] = {}
-    for start in range(0, len(keys), 500):
-        chunk = keys[start:start + 500]
-        replies: list[str | None] = client.mget(chunk)  # type: ignore[assignment]
-        values.update(zip(chunk, replies, strict=True))
-    return values
-
-
-def admin(lab: Lab, server: RedisNode, *, raw: bool = False) -> redis.Redis:
-    """A client for the exercise's own reads; ``raw`` ones keep DUMP payloads as bytes."""
-    client = lab.closing(server.client(decode_responses=not raw, socket_timeout=10))
-    return client

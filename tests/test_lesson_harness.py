@@ -9,7 +9,7 @@ import pytest
 from cachelab.caching import CacheAside
 from cachelab.lab import Lab
 from cachelab.shop.writes import WRITE_KINDS, apply_write, write_stream
-from cachelab.workload.redis_info import key_values
+from cachelab.workload.redis_info import key_values, memory_usage, read_values
 from cachelab.workload.restart import Restart, Restarter, WindowedStart
 
 
@@ -62,3 +62,24 @@ def test_the_write_stream_holds_every_kind_among_the_reads() -> None:
     assert len(stream) == 50 and stream.count(None) == 35
     assert set(WRITE_KINDS) <= set(stream)
     assert stream == write_stream(random.Random(1), operations=50, write_ratio=0.3)
+
+
+def test_memory_usage_reads_a_full_instance_and_its_evictions(lab: Lab) -> None:
+    full = lab.closing(lab.redis_server("full", maxmemory="3mb",
+                                        maxmemory_policy="allkeys-lru").client())
+    unlimited = lab.closing(lab.redis_server("unlimited").client())
+    assert memory_usage(full).evicted_keys == 0 and memory_usage(unlimited).used_ratio == 0.0
+    for batch in range(40):  # about 4 MB into 3 MB
+        full.mset({f"k:{batch}:{i}": "v" * 1000 for i in range(100)})
+
+    usage = memory_usage(full)
+    assert usage.keys == full.dbsize() < 4000 and usage.evicted_keys > 0
+    assert 0.9 < usage.used_ratio <= 1.05 and 2.5 < usage.used_mb < 3.2
+
+
+def test_read_values_reads_every_key_in_batches(lab: Lab) -> None:
+    client = lab.redis()
+    client.mset({f"k:{i}": str(i) for i in range(7)})
+    keys = [f"k:{i}" for i in range(7)] + ["absent"]
+    assert read_values(client, keys, batch=3) == {**{f"k:{i}": str(i) for i in range(7)},
+                                                  "absent": None}

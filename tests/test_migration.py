@@ -149,6 +149,9 @@ def test_compare_finds_every_kind_of_difference(lab: Lab) -> None:
     assert sorted(result.ttl_mismatches) == [b"item:3", b"item:5"]
     assert result.extra == [b"item:new"]
     assert result.differing == 5 and not result.equal
+    assert result.counts() == (22, 1, 1, 2, 1)  # 20 strings, a hash and a list
+    assert result.summary() == ("21/22 keys present, 1 other values, 2 TTLs off by more "
+                                "than 1s, 1 extra keys")
 
 
 def test_catch_up_repairs_the_drift_of_a_live_copy(lab: Lab) -> None:

@@ -254,6 +254,18 @@ class Comparison:
         return (len(self.missing) + len(self.extra) + len(self.value_mismatches)
                 + len(self.ttl_mismatches))
 
+    def counts(self) -> tuple[int, int, int, int, int]:
+        """Keys compared, then how many are missing, other values, TTLs off, extra."""
+        return (self.keys, len(self.missing), len(self.value_mismatches),
+                len(self.ttl_mismatches), len(self.extra))
+
+    def summary(self) -> str:
+        """The comparison in one line, for a check's detail."""
+        return (f"{self.keys - len(self.missing)}/{self.keys} keys present, "
+                f"{len(self.value_mismatches)} other values, {len(self.ttl_mismatches)} TTLs "
+                f"off by more than {self.ttl_tolerance_ms / 1000:g}s, {len(self.extra)} "
+                "extra keys")
+
 
 def compare(source: Mapping[bytes, Entry], target: Mapping[bytes, Entry], *,
             ttl_tolerance_ms: int = 1000) -> Comparison:

@@ -4,7 +4,7 @@ clocks and its cluster view. Nothing here writes to a node."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 if TYPE_CHECKING:  # redis is imported by whoever builds the client
     import redis
@@ -123,3 +123,32 @@ def key_values(client: redis.Redis, pattern: str) -> dict[Any, Any]:
     """Every key matching ``pattern`` with its value, read back in key order."""
     keys = sorted(client.scan_iter(pattern, count=1000))
     return dict(zip(keys, client.mget(keys), strict=True)) if keys else {}
+
+
+class MemoryUsage(NamedTuple):
+    """How full a node is, by its own DBSIZE, INFO memory and INFO stats."""
+
+    keys: int
+    used_mb: float
+    used_ratio: float  # used_memory / maxmemory; 0.0 without a limit
+    evicted_keys: int
+
+
+def memory_usage(client: redis.Redis) -> MemoryUsage:
+    """The node's keys, used memory (MB and share of maxmemory) and evictions so far."""
+    memory: Any = client.info("memory")
+    stats: Any = client.info("stats")
+    used, limit = int(memory["used_memory"]), int(memory["maxmemory"])
+    return MemoryUsage(int(client.dbsize()), used / 2**20, used / limit if limit else 0.0,
+                       int(stats["evicted_keys"]))
+
+
+def read_values(client: redis.Redis, keys: Sequence[str], *, batch: int = 500
+                ) -> dict[str, str | None]:
+    """GET of many keys, in MGET batches; None for a key that is not there."""
+    values: dict[str, str | None] = {}
+    for start in range(0, len(keys), batch):
+        chunk = list(keys[start:start + batch])
+        replies: Any = client.mget(chunk)
+        values.update(zip(chunk, replies, strict=True))
+    return values
