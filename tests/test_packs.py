@@ -46,12 +46,13 @@ INFO = ExerciseInfo(
                  "Read the key back and Redis's own count of INCRBY calls."),
     fixtures=("redis",),
     checks=("the counter equals the views", "Redis counted every INCRBY"),
+    metrics=("increments", "counter", "incr_calls"),
     headline="counter",
 )
 
 
 def run(lab: Lab, *, views: Annotated[int, Opt("Page views.", min=1)] = 25) -> Result:
-    result = Result()
+    result = Result(INFO)
     client = lab.redis()
     for _ in range(views):
         client.incr("views")

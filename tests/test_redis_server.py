@@ -275,15 +275,16 @@ def test_a_deployments_part_is_a_node_but_not_a_server_the_lab_can_stop() -> Non
             assert isinstance(part, RedisNode) and not isinstance(part, RedisServer)
             assert (part.name, part.host, part.port, part.pid) == ("cache", "127.0.0.1",
                                                                   theirs.port, None)
-            assert part.prefix.startswith("cachelab:{") and part.prefix.endswith(":cache:")
+            prefix = part.keys.prefix
+            assert prefix.startswith("cachelab:{") and prefix.endswith(":cache:")
             assert CHILD_ENV in part.child_env()
             with part.client() as client:
-                client.set(f"{part.prefix}k", 1)
+                client.set(f"{part.keys.prefix}k", 1)
             assert lab.servers == [part]
             with pytest.raises(TargetRefused, match="servers it starts"):
                 lab.own_redis_server("mine")
             with pytest.raises(TargetRefused, match="maxmemory"):
                 lab.redis_server("small", maxmemory="1mb")
             part.clear()
-            assert theirs.client().keys(f"{part.prefix}*") == []
+            assert theirs.client().keys(f"{part.keys.prefix}*") == []
         assert [s.name for s in outer.servers] == ["theirs"]
