@@ -58,14 +58,24 @@ def test_sigkill_of_cachelab_takes_every_child_with_it(tmp_path: Path) -> None:
     assert not _alive(children), [c.cmdline() for c in _alive(children)]
 
 
+def _failures(out: str) -> str:
+    """Which exercise, check and measured detail failed, from a run's --json output."""
+    try:
+        records = json.loads(out)
+    except ValueError:
+        return out[-2000:]
+    return "; ".join(f"{r['exercise']} {c['name']!r}: {c['detail']}" for r in records
+                     for c in r["checks"] if not c["passed"])
+
+
 def test_two_run_alls_in_parallel_both_pass_and_both_are_saved(tmp_path: Path) -> None:
     env = {"CACHELAB_HOME": str(tmp_path / "home")}
     runs = [_cachelab("run", "all", "--json", env=env) for _ in range(2)]
     outputs = [run.communicate(timeout=600) for run in runs]
     for run, (out, err) in zip(runs, outputs, strict=True):
-        assert run.returncode == 0, err
+        assert run.returncode == 0, _failures(out) or err
         assert "not saved" not in err
-        assert all(record["verdict"] == "pass" for record in json.loads(out))
+        assert all(record["verdict"] == "pass" for record in json.loads(out)), _failures(out)
     ids = [{r["run_id"] for r in json.loads(out)} for out, _ in outputs]
     saved = {r["run_id"] for r in ResultsStore(tmp_path / "home" / "results.db").runs()}
     assert ids[0] | ids[1] == saved and not ids[0] & ids[1]
